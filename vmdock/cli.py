@@ -1,0 +1,407 @@
+"""The command line: a thin typer layer over ``vmdock.engine``.
+
+The only module that prints or exits.  Errors from below arrive as
+``VmdockError``s and become one headline, a few detail lines (command, exit
+code, stderr tail, log file) and an exit status; ``--debug`` adds the traceback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__, providers
+from .errors import ConfigError, VmdockError
+from .events import Events
+from .loader import discover, resolve
+from .model import Lab as LabModel
+from .settings import Settings
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Hands-on Docker labs (《Docker开发实践》) in virtual machines: `vmdock up LAB`, then `vmdock verify LAB`.",
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+class _Opts:
+    debug = False
+    verbose = False
+    labs_dirs: list[Path] = []
+
+
+OPTS = _Opts()
+
+LabArg = typer.Argument(..., help="lab name (ch6-lamp), chapter (ch6) or number (6)")
+
+
+@app.callback()
+def _global(
+    labs_dir: Optional[List[Path]] = typer.Option(None, "--labs-dir", help="extra folder of lab folders (repeatable; also VMDOCK_LABS)"),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="stream command output"),
+    debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+    version: bool = typer.Option(False, "--version", help="print the version and exit"),
+):
+    if version:
+        console.print(f"vmdock {__version__}")
+        raise typer.Exit(0)
+    OPTS.debug, OPTS.verbose, OPTS.labs_dirs = debug, verbose, list(labs_dir or [])
+
+
+class RichEvents(Events):
+    """Progress per machine and step, with elapsed time."""
+
+    def __init__(self, verbose: bool):
+        self.verbose = verbose
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        )
+        self.tasks: dict[tuple, int] = {}
+        self.skipped = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def info(self, message):
+        self.progress.console.print(f"[cyan]•[/] {escape(message)}")
+
+    def phase(self, name):
+        with self._lock:
+            self.tasks[("phase", name)] = self.progress.add_task(f"[bold]{escape(name)}[/]", total=None)
+
+    def phase_done(self, name, seconds):
+        with self._lock:
+            task = self.tasks.pop(("phase", name), None)
+        if task is not None:
+            self.progress.remove_task(task)
+        self.progress.console.print(f"[green]✓[/] {escape(name)} [dim]{seconds:.1f}s[/]")
+
+    def step_start(self, machine, key, title):
+        with self._lock:
+            self.tasks[(machine, key)] = self.progress.add_task(f"[magenta]{escape(machine)}[/] {escape(title)}", total=None)
+
+    def _finish(self, machine, key):
+        with self._lock:
+            task = self.tasks.pop((machine, key), None)
+        if task is not None:
+            self.progress.remove_task(task)
+
+    def step_done(self, machine, key, title, seconds, skipped):
+        self._finish(machine, key)
+        if skipped:
+            self.skipped += 1
+            if self.verbose:
+                self.progress.console.print(f"[dim]· {machine} {escape(title)} (done before)[/]")
+            return
+        self.progress.console.print(f"[green]✓[/] [magenta]{escape(machine)}[/] {escape(title)} [dim]{seconds:.1f}s[/]")
+
+    def step_failed(self, machine, key, title, seconds):
+        self._finish(machine, key)
+        self.progress.console.print(f"[red]✗[/] [magenta]{escape(machine)}[/] {escape(title)} [dim]{seconds:.1f}s[/]")
+
+    def line(self, source, text):
+        if self.verbose:
+            self.progress.console.print(f"[dim]{escape(source)} |[/] {escape(text)}", highlight=False)
+
+
+def _settings(provider: Optional[str] = None) -> Settings:
+    return Settings.from_env(provider=provider)
+
+
+def _engine(events: Events | None = None, provider: Optional[str] = None):
+    from .engine import Engine
+
+    return Engine(_settings(provider), events or Events(), OPTS.labs_dirs)
+
+
+# -- commands ------------------------------------------------------------------
+
+@app.command("list")
+def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
+    """Every lab: name, chapter, title, machines, offline-capable, state."""
+    from .engine import Lab
+
+    labs, problems = discover(OPTS.labs_dirs)
+    rows = []
+    for l in labs:
+        state = Lab(l).state()
+        rows.append(
+            {
+                "name": l.name,
+                "chapter": l.lab.chapter,
+                "title": l.lab.title,
+                "title_en": l.lab.title_en,
+                "machines": [m.name for m in l.lab.machines],
+                "offline": l.lab.offline,
+                "state": state.phase if state.phase != "destroyed" else "new",
+                "folder": str(l.folder),
+            }
+        )
+    if as_json:
+        console.print_json(json.dumps({"labs": rows, "broken": [{"folder": str(p.folder), "error": str(p.error)} for p in problems]}, ensure_ascii=False))
+    else:
+        table = Table(title="vmdock labs")
+        for col in ("lab", "ch", "title", "machines", "offline", "state"):
+            table.add_column(col)
+        for r in rows:
+            title = r["title"] + (f"\n[dim]{escape(r['title_en'])}[/]" if r["title_en"] else "")
+            table.add_row(r["name"], str(r["chapter"]), title, ", ".join(r["machines"]), "yes" if r["offline"] else "no", r["state"])
+        console.print(table)
+    for p in problems:
+        err_console.print(f"[red]broken lab[/] {escape(str(p.error))}")
+    if problems:
+        raise typer.Exit(2)
+
+
+@app.command()
+def show(lab: str = LabArg):
+    """One lab: book sections, machines, steps, checks."""
+    l = resolve(lab, OPTS.labs_dirs).lab
+    console.print(f"[bold]{escape(l.name)}[/] — 第{l.chapter}章 {escape(l.title)}" + (f" ({escape(l.title_en)})" if l.title_en else ""))
+    if l.description:
+        console.print(escape(l.description.strip()))
+    console.print(f"offline: {'yes' if l.offline else 'no'}; base image: {l.base_image}")
+    if l.needs.images:
+        console.print("needs images: " + ", ".join(l.needs.images))
+    if l.sections:
+        console.print("[bold]sections[/]")
+        for s in l.sections:
+            console.print(f"  {escape(s)}")
+    console.print("[bold]machines[/]")
+    for m in l.machines:
+        ports = ", ".join(f"{p.host_ip}:{p.host}→{p.guest}" for p in m.forwarded_ports)
+        console.print(f"  {m.name}: {m.box}, {m.cpus} cpu, {m.memory} MiB" + (f", ports {ports}" if ports else ""))
+    console.print("[bold]steps[/]")
+    for i, s in enumerate(l.steps, 1):
+        on = "all" if s.on == "all" else ", ".join(s.on)
+        console.print(f"  {i}. {escape(s.name)}" + (f" [dim]({escape(s.name_en)})[/]" if s.name_en else "") + f" [dim]on {on}[/]")
+    console.print("[bold]checks[/]")
+    for c in l.checks:
+        console.print(f"  - {escape(c.name)} [dim]({c.type}, on {l.check_machine(c)})[/]")
+
+
+@app.command()
+def steps(lab: str = LabArg):
+    """The commands a student would type to do the case by hand, section by section."""
+    loaded = resolve(lab, OPTS.labs_dirs)
+    l = loaded.lab
+    console.print(f"# {l.name}: {l.title}" + (f" — {l.title_en}" if l.title_en else ""), markup=False, highlight=False)
+    console.print(f"# The lab's files are in /opt/vmdock/labs/{l.name} in each machine: cd there first.", markup=False, highlight=False)
+    for s in l.steps:
+        on = "every machine" if s.on == "all" else ", ".join(s.on)
+        console.print(f"\n## {s.name}" + (f"  ({s.name_en})" if s.name_en else "") + f"   [on {on}]", markup=False, highlight=False)
+        console.print(s.run.rstrip(), markup=False, highlight=False)
+
+
+@app.command()
+def schema():
+    """Print the JSON Schema of lab.yaml (for editor completion)."""
+    data = LabModel.model_json_schema()
+    data["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    data["title"] = "vmdock lab.yaml"
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+@app.command()
+def render(
+    lab: str = LabArg,
+    provider: Optional[str] = typer.Option(None, "--provider", help="virtualbox, libvirt or docker (also VMDOCK_PROVIDER)"),
+):
+    """Write the lab's Vagrantfile only, and print its path."""
+    events = RichEvents(OPTS.verbose)
+    with events:
+        path = _engine(events, provider).render(lab)
+    console.print(str(path), markup=False, highlight=False)
+
+
+@app.command()
+def up(
+    lab: str = LabArg,
+    provider: Optional[str] = typer.Option(None, "--provider", help="virtualbox, libvirt or docker (also VMDOCK_PROVIDER)"),
+):
+    """Render, bring the machines up, install Docker and run the case's steps (resumes where it stopped)."""
+    events = RichEvents(OPTS.verbose)
+    with events:
+        result = _engine(events, provider).up(lab)
+    if result.ran == 0:
+        console.print(f"[green]{result.lab} is up[/]: nothing to do, {result.skipped} steps already done ({result.seconds:.1f}s)")
+    else:
+        console.print(
+            f"[green]{result.lab} is up[/] ({result.provider}): {result.ran} steps run"
+            + (f", {result.skipped} already done" if result.skipped else "")
+            + f" in {result.seconds:.1f}s. Next: vmdock verify {result.lab}"
+        )
+
+
+@app.command()
+def verify(
+    lab: str = LabArg,
+    as_json: bool = typer.Option(False, "--json", help="print results as JSON"),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="write JUnit XML to FILE", metavar="FILE"),
+    check: Optional[List[str]] = typer.Option(None, "--check", help="run only the check(s) with this name"),
+):
+    """Run the lab's checks: a table; exit 0 only if every check passes."""
+    from .verify import junit_xml
+
+    events = RichEvents(OPTS.verbose) if not as_json else Events()
+    if isinstance(events, RichEvents):
+        with events:
+            l, results = _engine(events).verify(lab, check)
+    else:
+        l, results = _engine(events).verify(lab, check)
+    passed = sum(r.passed for r in results)
+    if junit:
+        junit.parent.mkdir(parents=True, exist_ok=True)
+        junit.write_text(junit_xml(l.name, results), encoding="utf-8")
+    if as_json:
+        sys.stdout.write(json.dumps({"lab": l.name, "passed": passed, "failed": len(results) - passed,
+                                     "checks": [r.to_dict() for r in results]}, indent=2, ensure_ascii=False) + "\n")
+    else:
+        table = Table(title=f"vmdock verify {l.name}")
+        for col in ("", "check", "machine", "expected", "seen", "time"):
+            table.add_column(col, overflow="fold")
+        for r in results:
+            table.add_row("[green]PASS[/]" if r.passed else "[red]FAIL[/]", escape(r.name), r.machine,
+                          escape(r.expected), escape(r.seen), f"{r.seconds:.1f}s")
+        console.print(table)
+        console.print(f"{passed} passed, {len(results) - passed} failed", markup=False, highlight=False)
+        if junit:
+            console.print(f"JUnit: {junit}", markup=False, highlight=False)
+    if passed != len(results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    lab: Optional[str] = typer.Argument(None, help="one lab (default: every lab with state)"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Machines, provider, state and last good step."""
+    rows = _engine().status(lab)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        return
+    if not rows:
+        console.print("no lab has been brought up (see `vmdock list`)")
+        return
+    table = Table(title="vmdock status")
+    for col in ("lab", "provider", "phase", "machines", "steps done", "last good step", "last error"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        machines = "\n".join(f"{m}: {v['state']}" + (f" ({v['ssh']})" if v["ssh"] else "") for m, v in r["machines"].items())
+        err = r["last_error"]["message"] if r["last_error"] else ""
+        table.add_row(r["lab"], r["provider"] or "-", r["phase"], escape(machines), str(r["steps_done"]), r["last_good_step"] or "-", escape(err))
+    console.print(table)
+
+
+@app.command()
+def ssh(lab: str = LabArg, machine: Optional[str] = typer.Argument(None, help="machine (default: the first)")):
+    """Open a shell in a lab machine."""
+    argv = _engine().ssh_argv(lab, machine)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+
+
+@app.command()
+def halt(lab: str = LabArg):
+    """Stop the lab's machines (keeps them and their state)."""
+    events = RichEvents(OPTS.verbose)
+    with events:
+        _engine(events).halt(lab)
+    console.print(f"{lab}: halted")
+
+
+@app.command()
+def destroy(
+    lab: str = LabArg,
+    keep_image: bool = typer.Option(False, "--keep-image", help="keep the docker-provider machine image for the next lab"),
+):
+    """Destroy the machines and everything vmdock made for them."""
+    events = RichEvents(OPTS.verbose)
+    with events:
+        removed = _engine(events).destroy(lab, keep_image=keep_image)
+    console.print(f"{lab}: destroyed" + (f" ({', '.join(removed)})" if removed else " (nothing was up)"))
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json")):
+    """Is this host ready? vagrant, providers, dockerd, KVM, free RAM and disk."""
+    from .doctor import run_doctor
+
+    rows = run_doctor()
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        table = Table(title="vmdock doctor")
+        for col in ("", "what", "detail"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            mark = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]no[/]"}[r["status"]]
+            table.add_row(mark, r["name"], escape(r["detail"]))
+        console.print(table)
+    if not any(r["status"] == "ok" and r["name"].startswith("provider ") for r in rows):
+        raise typer.Exit(1)
+
+
+# -- entry point ------------------------------------------------------------------
+
+def _print_error(exc: VmdockError) -> None:
+    headline = str(exc).splitlines()
+    err_console.print(f"[bold red]error:[/] {escape(headline[0])}", highlight=False)
+    for line in headline[1:]:
+        err_console.print(f"  {escape(line)}", highlight=False)
+    for line in exc.details():
+        err_console.print(f"  {escape(line)}", highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name="vmdock")
+        code = rv if isinstance(rv, int) else 0
+    except VmdockError as exc:
+        if OPTS.debug:
+            traceback.print_exc()
+        _print_error(exc)
+        code = exc.exit_status
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        code = 130
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]: the lab's state is kept; run the same command again to resume")
+        code = 130
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Where things live: the files shipped with vmdock and the vmdock home."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _share_dir() -> Path:
+    """The top-level data folders (labs/, templates/, provisioners/, boxes/).
+
+    In a source checkout they sit beside the package; in an installed wheel
+    they are packed into ``vmdock/_share``.
+    """
+    packed = PACKAGE_DIR / "_share"
+    if packed.is_dir():
+        return packed
+    return PACKAGE_DIR.parent
+
+
+SHARE = _share_dir()
+LABS_DIR = SHARE / "labs"
+TEMPLATES_DIR = SHARE / "templates"
+PROVISIONERS_DIR = SHARE / "provisioners"
+BOXES_DIR = SHARE / "boxes"
+VAGRANTFILE_TEMPLATE = SHARE / "Vagrantfile.j2"
+
+
+def vmdock_home() -> Path:
+    env = os.environ.get("VMDOCK_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(base) / "vmdock"
+
+
+def lab_home(lab_name: str) -> Path:
+    """Per-lab folder: Vagrantfile, .vagrant/, state.json, vmdock.log."""
+    return vmdock_home() / "labs" / lab_name
+
+
+def cache_dir() -> Path:
+    """Downloads and builds worth keeping (rootfs tarballs); VMDOCK_CACHE overrides."""
+    env = os.environ.get("VMDOCK_CACHE")
+    if env:
+        return Path(env).expanduser().resolve()
+    return vmdock_home() / "cache"

@@ -1,0 +1,187 @@
+"""Per-lab state: machines, SSH settings, steps done, secrets, last error.
+
+Lives in ``<vmdock home>/labs/<lab>/state.json``, written atomically.  Steps
+are recorded with a fingerprint that chains the fingerprint of the step
+before it, so a change to one step (its definition or its files) makes it
+and every later step run again, and nothing before it.  One process at a
+time holds a lab (``lab_lock``).
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import secrets as _secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BusyError, StateError
+
+STATE_VERSION = 1
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class LabState:
+    path: Path
+    lab: str
+    provider: str | None = None
+    lab_folder: str | None = None
+    machines: dict[str, dict] = field(default_factory=dict)  # name → {"id":…, "ssh": {…}}
+    steps: dict[str, dict] = field(default_factory=dict)  # key → {"fingerprint", "seconds", "at"}
+    secrets: dict[str, str] = field(default_factory=dict)
+    exports: dict[str, str] = field(default_factory=dict)
+    last_error: dict | None = None
+    phase: str = "new"  # new → rendered → booted → provisioned | failed | destroyed
+
+    @classmethod
+    def load(cls, path: Path, lab: str) -> "LabState":
+        path = Path(path)
+        if not path.exists():
+            return cls(path=path, lab=lab)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StateError(
+                f"state file {path} is unreadable: {exc}",
+                lab=lab,
+                hint=f"`vmdock destroy {lab}` or delete that file",
+            ) from None
+        if data.get("version") != STATE_VERSION:
+            raise StateError(f"state file {path} has an unknown version", lab=lab)
+        return cls(
+            path=path,
+            lab=lab,
+            provider=data.get("provider"),
+            lab_folder=data.get("lab_folder"),
+            machines=data.get("machines", {}),
+            steps=data.get("steps", {}),
+            secrets=data.get("secrets", {}),
+            exports=data.get("exports", {}),
+            last_error=data.get("last_error"),
+            phase=data.get("phase", "new"),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "lab": self.lab,
+            "provider": self.provider,
+            "lab_folder": self.lab_folder,
+            "phase": self.phase,
+            "machines": self.machines,
+            "steps": self.steps,
+            "secrets": self.secrets,
+            "exports": self.exports,
+            "last_error": self.last_error,
+            "updated": _now(),
+        }
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, indent=2, ensure_ascii=False, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)  # it holds the lab's generated secrets
+        os.replace(tmp, self.path)
+
+    # steps ------------------------------------------------------------------
+    def is_done(self, key: str, fingerprint: str) -> bool:
+        rec = self.steps.get(key)
+        return bool(rec) and rec.get("fingerprint") == fingerprint
+
+    def mark_done(self, key: str, fingerprint: str, seconds: float) -> None:
+        self.steps[key] = {"fingerprint": fingerprint, "seconds": round(seconds, 2), "at": _now()}
+        self.last_error = None
+        self.save()
+
+    def last_good_step(self, order: list[str]) -> str | None:
+        """The last step of ``order`` that is done (the plan's order)."""
+        done = None
+        for key in order:
+            if key in self.steps:
+                done = key
+            else:
+                break
+        return done
+
+    def ensure_secrets(self, names: list[str]) -> dict[str, str]:
+        changed = False
+        for n in names:
+            if n not in self.secrets:
+                self.secrets[n] = _secrets.token_urlsafe(18)
+                changed = True
+        if changed:
+            self.save()
+        return {n: self.secrets[n] for n in names}
+
+    def reset(self) -> None:
+        """Forget machines and steps (after destroy); keep nothing but the lab's name."""
+        self.machines.clear()
+        self.steps.clear()
+        self.exports.clear()
+        self.secrets.clear()
+        self.last_error = None
+        self.provider = None
+        self.phase = "destroyed"
+
+
+def fingerprint(previous: str, *parts: str | bytes) -> str:
+    h = hashlib.sha256(previous.encode())
+    for p in parts:
+        data = p.encode() if isinstance(p, str) else p
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def hash_paths(root: Path, rels: list[str]) -> str:
+    """Content hash of lab files (folders recursively), names included."""
+    h = hashlib.sha256()
+    root = Path(root)
+    for rel in sorted(rels):
+        p = root / rel
+        files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+        for f in files:
+            h.update(str(f.relative_to(root)).encode() + b"\0")
+            h.update(f.read_bytes())
+            h.update(b"\0" + str(os.stat(f).st_mode & 0o111).encode())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def lab_lock(folder: Path, lab: str, action: str):
+    """Hold the lab for one process; refuse clearly if another holds it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "lock"
+    fh = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            fh.seek(0)
+            holder = fh.read().strip() or "another vmdock process"
+            raise BusyError(
+                f"lab is busy: {holder}",
+                lab=lab,
+                hint="wait for it to finish, or stop it (Ctrl-C); its state is kept and the next run resumes",
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"`vmdock {action}` (pid {os.getpid()}) since {_now()}")
+        fh.flush()
+        yield
+    finally:
+        fh.close()

@@ -1,0 +1,184 @@
+"""Run a lab's checks inside its machines; report as a table, JSON or JUnit.
+
+Each check says what it expected and what it saw, so a failing check can be
+read without opening the log.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
+
+from .errors import VmdockError
+from .model import CommandCheck, ContainerCheck, HttpCheck, PortCheck
+from .provision import Context, remote_lab_dir
+from .transport import Transport
+
+SHOWN = 400  # characters of output kept in a result
+
+
+@dataclass
+class CheckResult:
+    name: str
+    type: str
+    machine: str
+    passed: bool
+    seconds: float
+    expected: str
+    seen: str
+    attempts: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _clip(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= SHOWN else text[: SHOWN - 20] + f"… ({len(text)} chars)"
+
+
+def _command(check: CommandCheck) -> tuple[str, callable]:
+    def judge(code: int, out: str, err: str) -> tuple[bool, str, str]:
+        expected = [f"exit {check.exit_code}"]
+        expected += [f"stdout contains {c!r}" for c in check.contains]
+        if check.matches:
+            expected.append(f"stdout matches /{check.matches}/")
+        problems = []
+        if code != check.exit_code:
+            problems.append(f"exit {code}")
+        missing = [c for c in check.contains if c not in out]
+        if missing:
+            problems.append("missing " + ", ".join(repr(m) for m in missing))
+        if check.matches and not re.search(check.matches, out, re.MULTILINE):
+            problems.append(f"no match for /{check.matches}/")
+        seen = "; ".join(problems) if problems else f"exit {code}"
+        if problems:
+            seen += f"; stdout: {_clip(out)!r}" + (f"; stderr: {_clip(err)!r}" if err.strip() else "")
+        return not problems, ", ".join(expected), seen
+
+    return check.run, judge
+
+
+_HTTP_MARK = "__VMDOCK_HTTP_STATUS__"
+
+
+def _http(check: HttpCheck) -> tuple[str, callable]:
+    args = ["curl", "-sS", "-o", "-", "-w", f"\n{_HTTP_MARK}%{{http_code}}", "-X", check.method, "--max-time", str(check.timeout)]
+    for k, v in check.headers.items():
+        args += ["-H", f"{k}: {v}"]
+    if check.body is not None:
+        args += ["--data-binary", check.body]
+    args.append(check.url)
+    script = shlex.join(args)
+
+    def judge(code: int, out: str, err: str) -> tuple[bool, str, str]:
+        expected = f"HTTP {check.status}" + "".join(f", body contains {c!r}" for c in check.contains)
+        body, _, status = out.rpartition(_HTTP_MARK)
+        status = status.strip()
+        if code != 0 or not status.isdigit() or status == "000":
+            return False, expected, f"no answer from {check.url}: {_clip(err) or f'curl exit {code}'}"
+        problems = []
+        if int(status) != check.status:
+            problems.append(f"HTTP {status}")
+        missing = [c for c in check.contains if c not in body]
+        if missing:
+            problems.append("body lacks " + ", ".join(repr(m) for m in missing))
+        if problems:
+            return False, expected, "; ".join(problems) + f"; body: {_clip(body)!r}"
+        return True, expected, f"HTTP {status}"
+
+    return script, judge
+
+
+def _port(check: PortCheck) -> tuple[str, callable]:
+    script = f"timeout 5 bash -c {shlex.quote(f'exec 3<>/dev/tcp/{check.host}/{check.port}')} && echo open || echo closed"
+
+    def judge(code: int, out: str, err: str) -> tuple[bool, str, str]:
+        state = "open" if out.strip().endswith("open") else "closed"
+        want = "open" if check.open else "closed"
+        return state == want, f"{check.host}:{check.port} {want}", f"{check.host}:{check.port} {state}"
+
+    return script, judge
+
+
+def _container(check: ContainerCheck) -> tuple[str, callable]:
+    script = f"docker inspect -f '{{{{.State.Status}}}} {{{{.State.Running}}}}' {shlex.quote(check.container)}"
+
+    def judge(code: int, out: str, err: str) -> tuple[bool, str, str]:
+        want = "running" if check.running else "not running"
+        if code != 0:
+            seen = "no such container" if "No such" in err else _clip(err)
+            return (not check.running and "No such" in err), f"container {check.container} {want}", seen
+        status, _, running = out.strip().partition(" ")
+        ok = (running == "true") == check.running
+        return ok, f"container {check.container} {want}", f"container {check.container} {status}"
+
+    return script, judge
+
+
+_KINDS = {"command": _command, "http": _http, "port": _port, "container": _container}
+
+
+def run_check(ctx: Context, check, transport: Transport) -> CheckResult:
+    script, judge = _KINDS[check.type](check)
+    machine = ctx.lab.check_machine(check)
+    start = time.monotonic()
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            res = transport.run_script(
+                script,
+                env=ctx.step_env(machine),
+                cwd=remote_lab_dir(ctx.lab.name),
+                name="check",
+                timeout=check.timeout,
+                check=False,
+                step=f"check: {check.name}",
+            )
+            passed, expected, seen = judge(res.exit_code, res.stdout, res.stderr)
+        except VmdockError as exc:  # a timeout or a lost connection fails the check, not the run
+            passed, expected, seen = False, "an answer", str(exc.message)
+        if passed or attempts > check.retries:
+            break
+        time.sleep(2)
+    return CheckResult(check.name, check.type, machine, passed, round(time.monotonic() - start, 2), expected, seen, attempts)
+
+
+def run_checks(ctx: Context, transports: dict[str, Transport], events=None, only: list[str] | None = None) -> list[CheckResult]:
+    results = []
+    for check in ctx.lab.checks:
+        if only and check.name not in only:
+            continue
+        machine = ctx.lab.check_machine(check)
+        if events:
+            events.step_start(machine, f"check:{check.name}", check.name)
+        r = run_check(ctx, check, transports[machine])
+        if events and r.passed:
+            events.step_done(machine, f"check:{check.name}", check.name, r.seconds, skipped=False)
+        elif events:
+            events.step_failed(machine, f"check:{check.name}", check.name, r.seconds)
+        results.append(r)
+    return results
+
+
+def junit_xml(lab: str, results: list[CheckResult]) -> str:
+    suite = ET.Element(
+        "testsuite",
+        name=f"vmdock.{lab}",
+        tests=str(len(results)),
+        failures=str(sum(not r.passed for r in results)),
+        errors="0",
+        time=f"{sum(r.seconds for r in results):.2f}",
+    )
+    for r in results:
+        case = ET.SubElement(suite, "testcase", classname=f"vmdock.{lab}.{r.machine}", name=r.name, time=f"{r.seconds:.2f}")
+        if not r.passed:
+            fail = ET.SubElement(case, "failure", message=f"expected {r.expected}; saw {r.seen}"[:500], type=r.type)
+            fail.text = f"expected: {r.expected}\nseen: {r.seen}\nattempts: {r.attempts}"
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

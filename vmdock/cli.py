@@ -172,7 +172,7 @@ def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readab
             table.add_row(r["name"], str(r["chapter"]), title, ", ".join(r["machines"]), "yes" if r["offline"] else "no", r["state"])
         console.print(table)
     for p in problems:
-        err_console.print(f"[red]broken lab[/] {escape(str(p.error))}")
+        err_console.print(f"[red]broken lab[/] {escape(str(p.error))}", soft_wrap=True)
     if problems:
         raise typer.Exit(2)
 
@@ -371,11 +371,12 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
 
 def _print_error(exc: VmdockError) -> None:
     headline = str(exc).splitlines()
-    err_console.print(f"[bold red]error:[/] {escape(headline[0])}", highlight=False)
+    # soft_wrap: no line breaks at 80 columns in a pipe or CI log (`file: field: message` stays one line)
+    err_console.print(f"[bold red]error:[/] {escape(headline[0])}", highlight=False, soft_wrap=True)
     for line in headline[1:]:
-        err_console.print(f"  {escape(line)}", highlight=False)
+        err_console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
     for line in exc.details():
-        err_console.print(f"  {escape(line)}", highlight=False)
+        err_console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:

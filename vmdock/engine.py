@@ -253,6 +253,8 @@ class Engine:
                     "ssh": f"{ssh['user']}@{ssh['host']}:{ssh['port']}" if ssh else None,
                 }
             last = state.last_good_step(order)
+            if last:
+                last = state.steps[last].get("title") or last
             out.append(
                 {
                     "lab": lab.name,

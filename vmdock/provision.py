@@ -315,7 +315,7 @@ def run_plan(
             raise exc.with_context(lab=ctx.lab.name, machine=item.machine, step=item.title, log=ctx.log.path)
         seconds = time.monotonic() - start
         with _state_lock:
-            ctx.state.mark_done(item.key, item.fingerprint, seconds)
+            ctx.state.mark_done(item.key, item.fingerprint, seconds, f"{item.machine}: {item.title}")
         events.step_done(item.machine, item.key, item.title, seconds, skipped=False)
         return True
 

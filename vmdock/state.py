@@ -99,8 +99,8 @@ class LabState:
         rec = self.steps.get(key)
         return bool(rec) and rec.get("fingerprint") == fingerprint
 
-    def mark_done(self, key: str, fingerprint: str, seconds: float) -> None:
-        self.steps[key] = {"fingerprint": fingerprint, "seconds": round(seconds, 2), "at": _now()}
+    def mark_done(self, key: str, fingerprint: str, seconds: float, title: str = "") -> None:
+        self.steps[key] = {"fingerprint": fingerprint, "title": title, "seconds": round(seconds, 2), "at": _now()}
         self.last_error = None
         self.save()
 

@@ -65,7 +65,9 @@ _HTTP_MARK = "__VMDOCK_HTTP_STATUS__"
 
 
 def _http(check: HttpCheck) -> tuple[str, callable]:
-    args = ["curl", "-sS", "-o", "-", "-w", f"\n{_HTTP_MARK}%{{http_code}}", "-X", check.method, "--max-time", str(check.timeout)]
+    # `-X HEAD` makes curl wait for a body that never comes (exit 18 or 28); --head does not
+    method = ["--head"] if check.method == "HEAD" else ["-X", check.method]
+    args = ["curl", "-sS", "-o", "-", "-w", f"\n{_HTTP_MARK}%{{http_code}}", *method, "--max-time", str(check.timeout)]
     for k, v in check.headers.items():
         args += ["-H", f"{k}: {v}"]
     if check.body is not None:

@@ -17,6 +17,11 @@ from typing import List, Optional
 
 import click
 import typer
+
+try:  # typer >= 0.2x raises its own vendored click's exceptions, which `click.*` does not catch
+    from typer._click.exceptions import ClickException as _TyperClickException
+except ImportError:  # older typer raises click's own
+    _TyperClickException = click.ClickException
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -50,12 +55,19 @@ OPTS = _Opts()
 LabArg = typer.Argument(..., help="lab name (ch6-lamp), chapter (ch6) or number (6)")
 
 
+def _print_version(value: bool) -> None:
+    # eager: without a command the group fails ("Missing command") before `_global` runs
+    if value:
+        console.print(f"vmdock {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _global(
     labs_dir: Optional[List[Path]] = typer.Option(None, "--labs-dir", help="extra folder of lab folders (repeatable; also VMDOCK_LABS)"),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="stream command output"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
-    version: bool = typer.Option(False, "--version", help="print the version and exit"),
+    version: bool = typer.Option(False, "--version", help="print the version and exit", callback=_print_version, is_eager=True),
 ):
     if version:
         console.print(f"vmdock {__version__}")
@@ -66,8 +78,9 @@ def _global(
 class RichEvents(Events):
     """Progress per machine and step, with elapsed time."""
 
-    def __init__(self, verbose: bool):
+    def __init__(self, verbose: bool, show_results: bool = True):
         self.verbose = verbose
+        self.show_results = show_results  # off where a table follows (verify)
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
@@ -112,6 +125,8 @@ class RichEvents(Events):
 
     def step_done(self, machine, key, title, seconds, skipped):
         self._finish(machine, key)
+        if not self.show_results:
+            return
         if skipped:
             self.skipped += 1
             if self.verbose:
@@ -121,6 +136,8 @@ class RichEvents(Events):
 
     def step_failed(self, machine, key, title, seconds):
         self._finish(machine, key)
+        if not self.show_results:
+            return
         self.progress.console.print(f"[red]✗[/] [magenta]{escape(machine)}[/] {escape(title)} [dim]{seconds:.1f}s[/]")
 
     def line(self, source, text):
@@ -128,14 +145,10 @@ class RichEvents(Events):
             self.progress.console.print(f"[dim]{escape(source)} |[/] {escape(text)}", highlight=False)
 
 
-def _settings(provider: Optional[str] = None) -> Settings:
-    return Settings.from_env(provider=provider)
-
-
-def _engine(events: Events | None = None, provider: Optional[str] = None):
+def _engine(events: Events | None = None, provider: Optional[str] = None, **settings):
     from .engine import Engine
 
-    return Engine(_settings(provider), events or Events(), OPTS.labs_dirs)
+    return Engine(Settings.from_env(provider=provider, **settings), events or Events(), OPTS.labs_dirs)
 
 
 # -- commands ------------------------------------------------------------------
@@ -242,11 +255,14 @@ def render(
 def up(
     lab: str = LabArg,
     provider: Optional[str] = typer.Option(None, "--provider", help="virtualbox, libvirt or docker (also VMDOCK_PROVIDER)"),
+    images_dir: Optional[Path] = typer.Option(
+        None, "--images-dir", help="folder of `docker save` tarballs for labs that need images (also VMDOCK_IMAGES_DIR)"
+    ),
 ):
     """Render, bring the machines up, install Docker and run the case's steps (resumes where it stopped)."""
     events = RichEvents(OPTS.verbose)
     with events:
-        result = _engine(events, provider).up(lab)
+        result = _engine(events, provider, images_dir=str(images_dir) if images_dir else None).up(lab)
     if result.ran == 0:
         console.print(f"[green]{result.lab} is up[/]: nothing to do, {result.skipped} steps already done ({result.seconds:.1f}s)")
     else:
@@ -267,7 +283,7 @@ def verify(
     """Run the lab's checks: a table; exit 0 only if every check passes."""
     from .verify import junit_xml
 
-    events = RichEvents(OPTS.verbose) if not as_json else Events()
+    events = RichEvents(OPTS.verbose, show_results=False) if not as_json else Events()
     if isinstance(events, RichEvents):
         with events:
             l, results = _engine(events).verify(lab, check)
@@ -388,12 +404,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         _print_error(exc)
         code = exc.exit_status
-    except click.exceptions.Exit as exc:
+    except (click.exceptions.Exit, typer.Exit) as exc:
         code = exc.exit_code
-    except click.ClickException as exc:
+    except (click.ClickException, _TyperClickException) as exc:
         exc.show()
         code = exc.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, typer.Abort):
         err_console.print("aborted")
         code = 130
     except KeyboardInterrupt:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import images, paths, providers
+from . import images, needs, paths, providers
 from .driver import SshConfig, VagrantDriver
 from .errors import CommandError, StateError, VmdockError
 from .events import Events
@@ -133,6 +133,8 @@ class Engine:
                 raise
 
     def _up(self, lab: Lab, state: LabState, start: float) -> UpResult:
+        # containerlab's rule: find out what is missing before creating anything
+        image_tarballs = needs.check(lab.loaded.lab, self.settings)
         provider = self._provider(lab, state)
         text = render(lab.loaded, self._render_options(lab, provider))
         write_atomic(lab.vagrantfile, text)
@@ -152,6 +154,12 @@ class Engine:
             driver.up()
         ids = {m.name: driver.machine_id(m.name) or "" for m in lab.loaded.lab.machines}
         known = {m: rec.get("id") for m, rec in state.machines.items()}
+        # A machine that was halted and started again keeps its id but lost its
+        # running daemons: count its boots, so its provisioning runs again.
+        boots = {m: state.machines.get(m, {}).get("boots", 0) for m in ids}
+        for m in down:
+            if m in boots and known.get(m) == ids[m]:
+                boots[m] += 1
         if down or known != ids or not all("ssh" in rec for rec in state.machines.values()):
             configs = driver.ssh_config()
             missing = [m for m in ids if m not in configs]
@@ -159,13 +167,14 @@ class Engine:
                 raise CommandError(
                     f"vagrant ssh-config has no entry for {', '.join(missing)}", lab=lab.name, log=lab.log.path
                 )
-            state.machines = {m: {"id": ids[m], "ssh": configs[m].to_dict()} for m in ids}
+            state.machines = {m: {"id": ids[m], "boots": boots[m], "ssh": configs[m].to_dict()} for m in ids}
         state.phase = "booted" if state.phase != "provisioned" or down else state.phase
         state.save()
         self.events.phase_done("machines", time.monotonic() - t0)
 
         ctx = self._context(lab, state)
-        plan = build_plan(ctx, ids)
+        ctx.image_tarballs = image_tarballs
+        plan = build_plan(ctx, {m: f"{ids[m]}#{boots[m]}" for m in ids})
         transports = self._transports(lab, state)
         try:
             ran = run_plan(ctx, plan, transports, self.events)
@@ -278,6 +287,8 @@ class Engine:
                 raise StateError("the lab has no machines", lab=lab.name)
             self._phase("halt")
             VagrantDriver(lab.home, lab.log, lab=lab.name, provider=state.provider).halt()
+            state.phase = "halted"
+            state.save()
 
     def destroy(self, name: str, keep_image: bool = False) -> list[str]:
         """Destroy the machines and everything vmdock made for them; return what was removed."""

@@ -13,11 +13,12 @@ import io
 import json
 import posixpath
 import re
+import shlex
 import tarfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -82,6 +83,7 @@ class Context:
     ips: dict[str, str]
     base_tarball: Path | None  # the host's cached rootfs tarball, if any
     base_cache: Path  # where an in-machine build is kept on the host
+    image_tarballs: dict = field(default_factory=dict)  # image ref → tarball (--images-dir)
 
     @property
     def lab(self):
@@ -170,6 +172,9 @@ def _base_image_item(ctx: Context):
     identity = f"{tarball.name}:{tarball.stat().st_size}:{tarball.stat().st_mtime_ns}" if tarball else "no-tarball"
 
     def action(t: Transport) -> None:
+        present = t.run(f"sudo -n docker image inspect {shlex.quote(lab.base_image)} >/dev/null 2>&1", check=False)
+        if present.exit_code == 0:
+            return  # a re-provisioned machine keeps its images: no upload
         if tarball:
             t.put_file(str(tarball), remote_tar)
         t.run_script(script, env=env, name="base-image", timeout=BUILTIN_TIMEOUT, step="base image")
@@ -185,6 +190,24 @@ def _base_image_item(ctx: Context):
                 part.replace(ctx.base_cache)
 
     return f"base image {lab.base_image}", [script, json.dumps(env, sort_keys=True), identity], action
+
+
+def _images_item(ctx: Context):
+    """Images the lab needs, loaded from `docker save` tarballs (--images-dir)."""
+    tarballs = sorted(set(ctx.image_tarballs.values()))
+    if not tarballs:
+        return None
+    identity = [f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in tarballs]
+
+    def action(t: Transport) -> None:
+        for i, p in enumerate(tarballs):
+            remote = posixpath.join(REMOTE_TMP, f"image-{i}{''.join(p.suffixes)}")
+            t.put_file(str(p), remote)
+            t.run_script(f"docker load -i {remote}\nrm -f {remote}\n", name="load-image", step=f"load {p.name}",
+                         timeout=BUILTIN_TIMEOUT)
+
+    names = ", ".join(sorted(ctx.image_tarballs)) or "none"
+    return f"images from --images-dir ({names})", identity, action
 
 
 def lab_archive(folder: Path) -> bytes:
@@ -226,6 +249,7 @@ BUILTINS = [
     ("docker", _install_item),
     ("daemon", _daemon_item),
     ("base", _base_image_item),
+    ("images", _images_item),
     ("files", _files_item),
 ]
 
@@ -274,7 +298,10 @@ def build_plan(ctx: Context, machine_ids: dict[str, str]) -> list[Item]:
     for m in lab.machines:
         fp = fingerprint("", ctx.state.provider or "", m.name, machine_ids.get(m.name, ""))
         for short, make in BUILTINS:
-            title, parts, action = make(ctx)
+            made = make(ctx)
+            if made is None:  # does not apply to this lab
+                continue
+            title, parts, action = made
             fp = fingerprint(fp, short, *parts)
             items.append(Item(f"{m.name}:{short}", m.name, title, fp, action, True))
             if short != "files":

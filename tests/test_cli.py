@@ -58,7 +58,7 @@ def test_broken_lab_names_file_and_fields(capsys, tmp_path, monkeypatch):
     code, out, err = run(capsys, "--labs-dir", str(labs), "show", "ch93-broken")
     assert code == 2
     lines = err.splitlines()
-    assert lines[0].startswith(f"error: ch93-broken: {shown}: machines[1].memory: Input should be a valid integer")
+    assert lines[0].startswith(f"error: {shown}: machines[1].memory: Input should be a valid integer")
     fields = [l[len(f"  {shown}: "):].split(":")[0] for l in lines[1:]]
     assert all(l.startswith(f"  {shown}: ") for l in lines[1:]), lines
     assert fields == ["machines[2].cpus", "checks[0]", "colour", "steps[0].files[0]"]
@@ -157,7 +157,7 @@ def test_list_with_a_broken_lab_shows_the_others_and_exits_2(capsys, monkeypatch
     data = json.loads(out)
     assert [r["name"] for r in data["labs"]] == ["ch94-fine"]
     assert len(data["broken"]) == 1 and "machines[1].memory" in data["broken"][0]["error"]
-    assert err.startswith("broken lab ch93-broken: ") and "colour: unknown key" in err
+    assert err.startswith("broken lab tests/labs/broken/ch93-broken/lab.yaml: ") and "colour: unknown key" in err
 
 
 def test_labs_dir_option_is_repeatable(capsys):

@@ -197,9 +197,9 @@ def show(lab: str = LabArg):
     console.print(f"[bold]{escape(l.name)}[/] — 第{l.chapter}章 {escape(l.title)}" + (f" ({escape(l.title_en)})" if l.title_en else ""))
     if l.description:
         console.print(escape(l.description.strip()))
-    console.print(f"offline: {'yes' if l.offline else 'no'}; base image: {l.base_image}")
+    console.print(f"offline: {'yes' if l.offline else 'no'}; base image: {escape(l.base_image)}")
     if l.needs.images:
-        console.print("needs images: " + ", ".join(l.needs.images))
+        console.print("needs images: " + escape(", ".join(l.needs.images)))
     if l.sections:
         console.print("[bold]sections[/]")
         for s in l.sections:
@@ -207,7 +207,7 @@ def show(lab: str = LabArg):
     console.print("[bold]machines[/]")
     for m in l.machines:
         ports = ", ".join(f"{p.host_ip}:{p.host}→{p.guest}" for p in m.forwarded_ports)
-        console.print(f"  {m.name}: {m.box}, {m.cpus} cpu, {m.memory} MiB" + (f", ports {ports}" if ports else ""))
+        console.print(f"  {m.name}: {escape(m.box)}, {m.cpus} cpu, {m.memory} MiB" + (f", ports {escape(ports)}" if ports else ""))
     console.print("[bold]steps[/]")
     for i, s in enumerate(l.steps, 1):
         on = "all" if s.on == "all" else ", ".join(s.on)
@@ -409,10 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     except (click.ClickException, _TyperClickException) as exc:
         exc.show()
         code = exc.exit_code
-    except (click.exceptions.Abort, typer.Abort):
-        err_console.print("aborted")
-        code = 130
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         err_console.print("[yellow]interrupted[/]: the lab's state is kept; run the same command again to resume")
         code = 130
     if argv is None:

@@ -61,6 +61,9 @@ class LabError(VmdockError):
 
     exit_status = 2
 
+    def __str__(self) -> str:  # the message names the file already
+        return self.message
+
 
 class ConfigError(VmdockError):
     """A setting (environment variable, option) is invalid."""

@@ -272,15 +272,38 @@ def _remove_build_dir(directory: Path, log: Log, root: list[str]) -> None:
 
     ``rm --one-file-system`` never follows into a mount that survived the
     unmount, so a failed debootstrap can never take the host's /dev or /proc
-    with it.
+    with it.  Retried briefly: processes of a killed debootstrap may still be
+    exiting (and writing) for a moment.
     """
-    if not directory.exists():
-        return
-    for point in _mounts_under(directory):
-        run([*root, "umount", "--lazy", point], log, check=False, timeout=60)
-    run([*root, "rm", "-rf", "--one-file-system", str(directory)], log, check=False, timeout=600)
+    for attempt in range(4):
+        if not directory.exists():
+            return
+        if attempt:
+            time.sleep(0.5 * attempt)
+        for point in _mounts_under(directory):
+            run([*root, "umount", "--lazy", point], log, check=False, timeout=60)
+        run([*root, "rm", "-rf", "--one-file-system", str(directory)], log, check=False, timeout=600)
     if directory.exists():
         log.event(f"could not remove the temporary rootfs {directory}; remove it by hand")
+
+
+_ISOLATE = ["unshare", "--mount", "--pid", "--fork", "--kill-child"]
+
+
+def _isolated(cmd: list[str], log: Log, root: list[str]) -> list[str]:
+    """``cmd`` in mount and PID namespaces of its own, when the host allows.
+
+    Killing debootstrap (Ctrl-C, timeout: run() SIGKILLs its child) then
+    kills everything it started too (dpkg running in the chroot would go on
+    writing into the rootfs while we delete it), and the mounts it made in
+    the target (proc, sys) vanish with the namespace instead of lingering on
+    the host.
+    """
+    probe = run([*root, *_ISOLATE, "true"], log, check=False, timeout=30)
+    if probe.returncode == 0:
+        return [*root, *_ISOLATE, *cmd]
+    log.event("unshare --mount --pid does not work here: debootstrap runs without namespaces")
+    return [*root, *cmd]
 
 
 # Inside the fresh rootfs: drop what debootstrap leaves behind that an image
@@ -368,8 +391,11 @@ def rootfs_tarball(
             out = _Tail(on_line)
             try:
                 run(
-                    [*root, "debootstrap", "--variant=minbase", f"--arch={arch}", *extra,
-                     suite, str(rootfs), mirror],
+                    _isolated(
+                        ["debootstrap", "--variant=minbase", f"--arch={arch}", *extra,
+                         suite, str(rootfs), mirror],
+                        log, root,
+                    ),
                     log, timeout=_DEBOOTSTRAP_TIMEOUT, on_line=out,
                 )
             except CommandError as exc:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from . import paths
 from .errors import LabError
-from .model import Lab
+from .model import Lab, cross_ref_errors
 
 LAB_FILE = "lab.yaml"
 _CHECK_TAGS = {"command", "http", "port", "container"}
@@ -83,6 +83,8 @@ def format_loc(loc: tuple) -> str:
             out += f"[{part}]"
         elif isinstance(prev, int) and part in _CHECK_TAGS and out.startswith("checks"):
             pass  # pydantic names the union member; the user wrote `type:` already
+        elif isinstance(part, str) and ("[" in part or part.startswith("function-")):
+            pass  # pydantic's name of a union member (`list[constrained-str]`, `literal['all']`)
         else:
             out += ("." if out else "") + str(part)
         prev = part
@@ -90,7 +92,10 @@ def format_loc(loc: tuple) -> str:
 
 
 def _messages(exc: ValidationError) -> list[str]:
-    lines = []
+    """One line per field; a union's alternatives are merged into one message."""
+    by_loc: dict[str, list[str]] = {}
+    literal_locs: set[str] = set()
+    lines: list[str] = []
     for err in exc.errors(include_url=False):
         msg = err["msg"]
         loc = format_loc(tuple(err["loc"]))
@@ -105,7 +110,17 @@ def _messages(exc: ValidationError) -> list[str]:
             msg = f"type must be one of {', '.join(sorted(_CHECK_TAGS))}"
         elif err["type"] == "union_tag_not_found":
             msg = f"missing `type` (one of {', '.join(sorted(_CHECK_TAGS))})"
-        lines.append(f"{loc}: {msg}")
+        if err["type"] == "literal_error":
+            literal_locs.add(loc)
+        if msg not in by_loc.setdefault(loc, []):
+            by_loc[loc].append(msg)
+    for loc, msgs in by_loc.items():
+        # `on: [Bad]` fails both `list` (at on[0]) and `'all'` (at on): the deeper error is the useful one
+        if loc in literal_locs and any(other.startswith(loc + "[") or other.startswith(loc + ".") for other in by_loc):
+            msgs = [m for m in msgs if not m.startswith("Input should be ")] or msgs[:0]
+            if not msgs:
+                continue
+        lines.append(f"{loc}: {' or '.join(msgs)}")
     return lines
 
 
@@ -157,7 +172,8 @@ def load_lab(folder: Path) -> LoadedLab:
     try:
         lab = Lab.model_validate(raw)
     except ValidationError as exc:
-        errors = _messages(exc) + errors
+        # pydantic skips the cross-reference check when a field is invalid: run it on the raw data
+        errors = _messages(exc) + [e for e in cross_ref_errors(raw) if e not in errors] + errors
     if lab is not None and lab.name != folder.name:
         errors.insert(0, f"name: {lab.name!r} must equal the folder name {folder.name!r}")
     if errors:

@@ -66,6 +66,11 @@ class Step(Strict):
 
     _files = field_validator("files")(lambda cls, v: [_relative_path(x) for x in v])
 
+    @field_validator("on", mode="before")
+    @classmethod
+    def _one_machine(cls, v):
+        return [v] if isinstance(v, str) and v != "all" else v
+
 
 class _Check(Strict):
     name: str = Field(..., min_length=1)
@@ -145,30 +150,21 @@ class Lab(Strict):
     needs: Needs = Needs()
     secrets: list[EnvName] = Field([], description="generated per lab instance, passed to steps and checks as env vars")
     env: dict[EnvName, str] = Field({}, description="environment for every step and check")
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _scalars_as_strings(cls, v):
+        if isinstance(v, dict):
+            return {k: (str(x).lower() if isinstance(x, bool) else str(x)) if isinstance(x, (int, float, bool)) else x
+                    for k, x in v.items()}
+        return v
     machines: list[Machine] = Field(..., min_length=1)
     steps: list[Step] = []
     checks: list[Check] = []
 
     @model_validator(mode="after")
     def _cross_refs(self):
-        names = [m.name for m in self.machines]
-        errors = []
-        seen: set[str] = set()
-        for i, n in enumerate(names):
-            if n in seen:
-                errors.append(f"machines[{i}].name: duplicate machine name {n!r}")
-            seen.add(n)
-        for i, s in enumerate(self.steps):
-            if s.on != "all":
-                for j, target in enumerate(s.on):
-                    if target not in seen:
-                        errors.append(f"steps[{i}].on[{j}]: unknown machine {target!r} (machines: {', '.join(names)})")
-        for i, c in enumerate(self.checks):
-            if c.on is not None and c.on not in seen:
-                errors.append(f"checks[{i}].on: unknown machine {c.on!r} (machines: {', '.join(names)})")
-        clash = set(self.secrets) & set(self.env)
-        if clash:
-            errors.append(f"secrets: {sorted(clash)} also set in env")
+        errors = cross_ref_errors(self.model_dump())
         if errors:
             raise ValueError("\n".join(errors))
         return self
@@ -185,3 +181,42 @@ class Lab(Strict):
 
     def check_machine(self, check) -> str:
         return check.on or self.machines[0].name
+
+
+def cross_ref_errors(data: dict) -> list[str]:
+    """Machine names, the machines steps and checks aim at, secrets vs env.
+
+    Works on validated data and, defensively, on raw YAML (so these errors are
+    reported even when other fields of the file are invalid).
+    """
+    errors: list[str] = []
+    if not isinstance(data, dict):
+        return errors
+    machines = data.get("machines") if isinstance(data.get("machines"), list) else []
+    names = [m.get("name") for m in machines if isinstance(m, dict) and isinstance(m.get("name"), str)]
+    seen: set[str] = set()
+    for i, m in enumerate(machines):
+        n = m.get("name") if isinstance(m, dict) else None
+        if isinstance(n, str):
+            if n in seen:
+                errors.append(f"machines[{i}].name: duplicate machine name {n!r}")
+            seen.add(n)
+    known = ", ".join(names) or "none"
+    for i, step in enumerate(data.get("steps") if isinstance(data.get("steps"), list) else []):
+        on = step.get("on", "all") if isinstance(step, dict) else "all"
+        if isinstance(on, str) and on != "all":
+            on = [on]
+        if isinstance(on, list):
+            for j, target in enumerate(on):
+                if isinstance(target, str) and target not in seen:
+                    errors.append(f"steps[{i}].on[{j}]: unknown machine {target!r} (machines: {known})")
+    for i, check in enumerate(data.get("checks") if isinstance(data.get("checks"), list) else []):
+        on = check.get("on") if isinstance(check, dict) else None
+        if isinstance(on, str) and on not in seen:
+            errors.append(f"checks[{i}].on: unknown machine {on!r} (machines: {known})")
+    secrets = data.get("secrets") if isinstance(data.get("secrets"), list) else []
+    env = data.get("env") if isinstance(data.get("env"), dict) else {}
+    clash = sorted(str(x) for x in set(s for s in secrets if isinstance(s, str)) & set(env))
+    if clash:
+        errors.append(f"secrets: {clash} also set in env")
+    return errors

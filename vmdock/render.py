@@ -23,7 +23,8 @@ from .ruby import ruby
 
 PROVIDERS = ("virtualbox", "libvirt", "docker")
 # VirtualBox (6.1.28+) allows host-only networks in 192.168.56.0/21 only.
-# Each lab gets a /28 of it by chapter: 14 machines at most, no clash between labs.
+# Each lab gets a /28 of it by chapter: 13 machines at most (one address is the
+# gateway), no clash between labs.
 NETWORK_POOL = ipaddress.ip_network("192.168.56.0/21")
 LAB_PREFIX = 28
 
@@ -114,7 +115,7 @@ def render(loaded: LoadedLab, opts: RenderOptions) -> str:
         machines.append(
             {
                 "name": m.name,
-                "hostname": m.hostname or f"{lab.name}-{m.name}"[:63],
+                "hostname": m.hostname or f"{lab.name}-{m.name}"[:63].rstrip("-"),
                 # Under emulation a hostname change costs a guest round trip; containers get it free.
                 "set_hostname": opts.provider == "docker" or m.hostname is not None,
                 "box": box,

@@ -29,10 +29,11 @@ class Log:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
     def write(self, text: str) -> None:
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock, open(self.path, "a", encoding="utf-8") as fh:
             fh.write(text if text.endswith("\n") else text + "\n")
 

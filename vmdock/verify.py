@@ -166,6 +166,14 @@ def run_checks(ctx: Context, transports: dict[str, Transport], events=None, only
     return results
 
 
+_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml_text(text: str) -> str:
+    """Remove characters XML 1.0 cannot carry (raw stderr may hold them)."""
+    return _XML_FORBIDDEN.sub("?", text)
+
+
 def junit_xml(lab: str, results: list[CheckResult]) -> str:
     suite = ET.Element(
         "testsuite",
@@ -176,10 +184,10 @@ def junit_xml(lab: str, results: list[CheckResult]) -> str:
         time=f"{sum(r.seconds for r in results):.2f}",
     )
     for r in results:
-        case = ET.SubElement(suite, "testcase", classname=f"vmdock.{lab}.{r.machine}", name=r.name, time=f"{r.seconds:.2f}")
+        case = ET.SubElement(suite, "testcase", classname=f"vmdock.{lab}.{r.machine}", name=_xml_text(r.name), time=f"{r.seconds:.2f}")
         if not r.passed:
-            fail = ET.SubElement(case, "failure", message=f"expected {r.expected}; saw {r.seen}"[:500], type=r.type)
-            fail.text = f"expected: {r.expected}\nseen: {r.seen}\nattempts: {r.attempts}"
+            fail = ET.SubElement(case, "failure", message=_xml_text(f"expected {r.expected}; saw {r.seen}"[:500]), type=r.type)
+            fail.text = _xml_text(f"expected: {r.expected}\nseen: {r.seen}\nattempts: {r.attempts}")
     root = ET.Element("testsuites")
     root.append(suite)
     ET.indent(root)

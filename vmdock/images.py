@@ -136,7 +136,7 @@ def _root_prefix() -> list[str]:
     """Run as root: nothing when we are root, else ``sudo -n`` (never prompts)."""
     if os.geteuid() == 0:
         return []
-    if shutil.which("sudo"):
+    if shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0:
         return ["sudo", "-n"]
     raise ProviderError(
         "building the Debian rootfs needs root",
@@ -320,7 +320,7 @@ rm -rf debootstrap
 rm -f var/log/bootstrap.log var/log/alternatives.log var/log/dpkg.log var/log/apt/*.log
 : > etc/resolv.conf
 rm -f etc/hostname
-: > etc/machine-id 2>/dev/null || true
+if [ -s etc/machine-id ]; then : > etc/machine-id; fi
 rm -rf tmp/* var/tmp/*
 """
 

@@ -525,11 +525,10 @@ def test_docker_in_docker(machine_image, module_log):
     assert machine.name not in _stale_containers()
 
 
-@pytest.mark.skipif(
-    os.environ.get("VMDOCK_TEST_DESTRUCTIVE") != "1",
-    reason="removes every vmdock machine image on this dockerd: set VMDOCK_TEST_DESTRUCTIVE=1",
-)
 def test_remove_machine_images(module_log):
+    """Removes every vmdock machine image on this dockerd (later tests rebuild it in seconds)."""
+    others = _docker("ps", "-aq", "--filter", "label=vmdock.lab").stdout.split()
+    assert not others, "lab machines are running on this dockerd: destroy them first (`vmdock status`)"
     tag = images.ensure_machine_image(module_log)
     busy = f"{PREFIX}rmi-{os.getpid()}"
     try:

@@ -24,3 +24,35 @@ def no_shipped_labs(tmp_path, monkeypatch) -> Path:
     empty.mkdir()
     monkeypatch.setattr(paths, "LABS_DIR", empty)
     return empty
+
+
+# -- which shipped labs the end-to-end lab test brings up --------------------------
+
+#: Brought up by the plain `python -m pytest` (CI): one per kind of case, kept under CI's time budget.
+CI_LABS = ("ch2-containers", "ch6-lamp", "ch10-registry", "ch18-swarm-compose")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--all-labs",
+        action="store_true",
+        help="bring up every offline lab in tests/test_labs.py, not only the CI set " + ", ".join(CI_LABS),
+    )
+    parser.addoption("--lab", action="append", default=[], help="bring up only this lab (repeatable)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Deselect (never skip) the lab runs that were not asked for."""
+    wanted = set(config.getoption("--lab"))
+    if config.getoption("--all-labs") and not wanted:
+        return
+    keep, drop = [], []
+    for item in items:
+        lab = getattr(item, "callspec", None) and item.callspec.params.get("shipped_lab")
+        if lab and lab not in (wanted or CI_LABS):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -122,37 +122,3 @@ def test_second_up_is_refused_while_one_runs(env, tmp_path):
         busy = vmdock(env, "--labs-dir", str(labs), "up", "resume-lab", check=False)
     assert busy.returncode == 3
     assert "busy" in busy.stderr and "vmdock up" in busy.stderr
-
-
-@pytest.mark.lab
-@pytest.mark.parametrize("lab", ["ch2-containers", "ch6-lamp"])
-def test_lab_up_verify_reup_destroy(env, lab, tmp_path):
-    clean_start(env, lab)
-    volumes_before = set(docker_lines("volume", "ls", "-q"))
-
-    up = vmdock(env, "up", lab)
-    assert f"{lab} is up" in up.stdout
-
-    junit = tmp_path / "junit.xml"
-    verify = vmdock(env, "verify", lab, "--json", "--junit", str(junit), check=False)
-    report = json.loads(verify.stdout)
-    failed = [c for c in report["checks"] if not c["passed"]]
-    assert not failed, json.dumps(failed, indent=2, ensure_ascii=False)
-    assert verify.returncode == 0 and report["passed"] >= 3
-    assert "<testsuite" in junit.read_text()
-
-    again = vmdock(env, "up", lab)
-    assert "nothing to do" in again.stdout, again.stdout
-
-    status = json.loads(vmdock(env, "status", lab, "--json").stdout)[0]
-    assert status["phase"] == "provisioned"
-    assert all(m["state"] == "running" for m in status["machines"].values())
-
-    # ch6 is the last lab test: its destroy also removes the machine image
-    last = lab == "ch6-lamp"
-    destroyed = vmdock(env, "destroy", lab, *([] if last else ["--keep-image"]))
-    assert "destroyed" in destroyed.stdout
-    assert leftovers(lab) == {"containers": [], "networks": []}
-    assert set(docker_lines("volume", "ls", "-q")) <= volumes_before
-    if last:
-        assert not docker_lines("images", "-q", "--filter", "label=vmdock.role=machine-image")

@@ -104,7 +104,10 @@ class CommandCheck(_Check):
 
 class HttpCheck(_Check):
     type: Literal["http"]
-    url: str = Field(..., pattern=r"^https?://")
+    url: str = Field(
+        ..., pattern=r"^https?://", description="${NAME} is replaced by the lab's env, secrets and exports (e.g. ${VMDOCK_IP_WEB})"
+    )
+    cacert: str | None = Field(None, description="CA certificate to trust, a path in the machine (relative to the lab folder)")
     status: int = Field(200, ge=100, le=599)
     contains: list[str] = []
     method: Literal["GET", "POST", "PUT", "DELETE", "HEAD"] = "GET"

@@ -121,7 +121,11 @@ class LabState:
     def ensure_secrets(self, names: list[str]) -> dict[str, str]:
         changed = False
         for n in names:
-            if n not in self.secrets:
+            given = os.environ.get(f"VMDOCK_SECRET_{n}")  # e.g. a real registry's password
+            if given and self.secrets.get(n) != given:
+                self.secrets[n] = given
+                changed = True
+            elif n not in self.secrets:
                 self.secrets[n] = _secrets.token_urlsafe(18)
                 changed = True
         if changed:

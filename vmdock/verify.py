@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import string
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
@@ -64,15 +65,19 @@ def _command(check: CommandCheck) -> tuple[str, callable]:
 _HTTP_MARK = "__VMDOCK_HTTP_STATUS__"
 
 
-def _http(check: HttpCheck) -> tuple[str, callable]:
+def _http(check: HttpCheck, env: dict[str, str] | None = None) -> tuple[str, callable]:
+    # ${NAME} in the URL, headers, body and cacert: the lab's env, secrets and exports
+    sub = (lambda text: string.Template(text).safe_substitute(env)) if env else (lambda text: text)
     # `-X HEAD` makes curl wait for a body that never comes (exit 18 or 28); --head does not
     method = ["--head"] if check.method == "HEAD" else ["-X", check.method]
     args = ["curl", "-sS", "-o", "-", "-w", f"\n{_HTTP_MARK}%{{http_code}}", *method, "--max-time", str(check.timeout)]
+    if check.cacert:
+        args += ["--cacert", sub(check.cacert)]
     for k, v in check.headers.items():
-        args += ["-H", f"{k}: {v}"]
+        args += ["-H", f"{k}: {sub(v)}"]
     if check.body is not None:
-        args += ["--data-binary", check.body]
-    args.append(check.url)
+        args += ["--data-binary", sub(check.body)]
+    args.append(sub(check.url))
     script = shlex.join(args)
 
     def judge(code: int, out: str, err: str) -> tuple[bool, str, str]:
@@ -80,7 +85,7 @@ def _http(check: HttpCheck) -> tuple[str, callable]:
         body, _, status = out.rpartition(_HTTP_MARK)
         status = status.strip()
         if code != 0 or not status.isdigit() or status == "000":
-            return False, expected, f"no answer from {check.url}: {_clip(err) or f'curl exit {code}'}"
+            return False, expected, f"no answer from {args[-1]}: {_clip(err) or f'curl exit {code}'}"
         problems = []
         if int(status) != check.status:
             problems.append(f"HTTP {status}")
@@ -124,8 +129,9 @@ _KINDS = {"command": _command, "http": _http, "port": _port, "container": _conta
 
 
 def run_check(ctx: Context, check, transport: Transport) -> CheckResult:
-    script, judge = _KINDS[check.type](check)
     machine = ctx.lab.check_machine(check)
+    env = ctx.step_env(machine)
+    script, judge = _http(check, env) if check.type == "http" else _KINDS[check.type](check)
     start = time.monotonic()
     attempts = 0
     while True:
@@ -133,7 +139,7 @@ def run_check(ctx: Context, check, transport: Transport) -> CheckResult:
         try:
             res = transport.run_script(
                 script,
-                env=ctx.step_env(machine),
+                env=env,
                 cwd=remote_lab_dir(ctx.lab.name),
                 name="check",
                 timeout=check.timeout,

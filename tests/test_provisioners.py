@@ -31,6 +31,8 @@ from pathlib import Path
 import jinja2
 import pytest
 
+from vmdock.provision import provisioner
+
 ROOT = Path(__file__).resolve().parent.parent
 PROVISIONERS = ROOT / "provisioners"
 TEMPLATES = ROOT / "templates"
@@ -91,7 +93,7 @@ class Machine:
         environment as `export` lines in front of the script, the whole run
         with `sudo -n bash -euo pipefail FILE` (Debian's sudo has use_pty)."""
         lines = ["# written by the test"] + [f"export {k}={shlex.quote(v)}" for k, v in (env or {}).items()]
-        body = "\n".join(lines) + "\n" + (PROVISIONERS / name).read_text()
+        body = "\n".join(lines) + "\n" + provisioner(name)
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / f"run-{name}"
             local.write_text(body)

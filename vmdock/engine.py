@@ -77,7 +77,7 @@ class Engine:
 
     def _render_options(self, lab: Lab, provider: str) -> RenderOptions:
         if provider != "docker":
-            return RenderOptions(provider=provider, libvirt_driver=self._libvirt_driver())
+            return RenderOptions(provider=provider, **({"libvirt_driver": self._libvirt_driver()} if provider == "libvirt" else {}))
         self._phase("machine image")
         start = time.monotonic()
         image = images.ensure_machine_image(lab.log, mirror=self.settings.apt_mirror, on_line=self._line("image"))
@@ -86,12 +86,7 @@ class Engine:
         return RenderOptions(provider="docker", machine_image=image, create_args=tuple(args))
 
     def _libvirt_driver(self) -> str:
-        import os
-
-        forced = os.environ.get("VMDOCK_LIBVIRT_DRIVER")
-        if forced:
-            return forced
-        return "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "qemu"
+        return providers.libvirt_driver(on_info=self.events.info)
 
     def render(self, name: str) -> Path:
         lab = self.lab(name)
@@ -106,6 +101,8 @@ class Engine:
     def up(self, name: str) -> UpResult:
         lab = self.lab(name)
         start = time.monotonic()
+        # containerlab's rule: find out what is missing before creating anything (no state, no lock file)
+        self._image_tarballs = needs.check(lab.loaded.lab, self.settings, loaded=lab.state().images)
         with lab_lock(lab.home, lab.name, "up"):
             state = lab.state()
             lab.log.event(f"=== vmdock up {lab.name} ===")
@@ -133,8 +130,6 @@ class Engine:
                 raise
 
     def _up(self, lab: Lab, state: LabState, start: float) -> UpResult:
-        # containerlab's rule: find out what is missing before creating anything
-        image_tarballs = needs.check(lab.loaded.lab, self.settings)
         provider = self._provider(lab, state)
         text = render(lab.loaded, self._render_options(lab, provider))
         write_atomic(lab.vagrantfile, text)
@@ -173,7 +168,7 @@ class Engine:
         self.events.phase_done("machines", time.monotonic() - t0)
 
         ctx = self._context(lab, state)
-        ctx.image_tarballs = image_tarballs
+        ctx.image_tarballs = self._image_tarballs
         plan = build_plan(ctx, {m: f"{ids[m]}#{boots[m]}" for m in ids})
         transports = self._transports(lab, state)
         try:

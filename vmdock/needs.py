@@ -78,9 +78,13 @@ def registry_reachable(timeout: float = 5.0) -> tuple[bool, str]:
         return False, f"{url}: {reason}"
 
 
-def check(lab, settings: Settings) -> dict[str, Path]:
-    """Return the tarballs to load for the lab's images; raise MissingError when some cannot be had."""
-    wanted = list(dict.fromkeys(lab.needs.images))
+def check(lab, settings: Settings, loaded: list[str] | None = None) -> dict[str, Path]:
+    """Return the tarballs to load for the lab's images; raise MissingError when some cannot be had.
+
+    ``loaded``: images already loaded into the lab's machines by an earlier `up`.
+    """
+    done = {normalize(r) for r in (loaded or [])}
+    wanted = [r for r in dict.fromkeys(lab.needs.images) if normalize(r) not in done]
     if not wanted:
         return {}
     index = images_dir_index(settings.images_dir)
@@ -92,7 +96,7 @@ def check(lab, settings: Settings) -> dict[str, Path]:
     if ok:
         return from_dir
     raise MissingError(
-        f"needs images that no registry here can serve: {', '.join(missing)} (Docker Hub: {detail})",
+        f"needs images that no registry here can serve: {', '.join(missing)} (registry probe: {detail})",
         lab=lab.name,
         hint=(
             "either set a registry mirror, e.g. VMDOCK_REGISTRY_MIRRORS=https://<mirror> "

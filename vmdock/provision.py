@@ -61,7 +61,9 @@ def render_template(name: str, **values) -> str:
 
 
 def provisioner(name: str) -> str:
-    return (paths.PROVISIONERS_DIR / name).read_text(encoding="utf-8")
+    """A provisioner's text as it runs in a machine: provisioners/lib.sh, then the script."""
+    lib = (paths.PROVISIONERS_DIR / "lib.sh").read_text(encoding="utf-8")
+    return lib + "\n" + (paths.PROVISIONERS_DIR / name).read_text(encoding="utf-8")
 
 
 @dataclass
@@ -205,6 +207,9 @@ def _images_item(ctx: Context):
             t.put_file(str(p), remote)
             t.run_script(f"docker load -i {remote}\nrm -f {remote}\n", name="load-image", step=f"load {p.name}",
                          timeout=BUILTIN_TIMEOUT)
+        with _state_lock:  # remembered, so a later `up` needs no --images-dir
+            ctx.state.images = sorted(set(ctx.state.images) | set(ctx.image_tarballs))
+            ctx.state.save()
 
     names = ", ".join(sorted(ctx.image_tarballs)) or "none"
     return f"images from --images-dir ({names})", identity, action
@@ -304,10 +309,11 @@ def build_plan(ctx: Context, machine_ids: dict[str, str]) -> list[Item]:
             title, parts, action = made
             fp = fingerprint(fp, short, *parts)
             items.append(Item(f"{m.name}:{short}", m.name, title, fp, action, True))
-            if short != "files":
+            if short not in ("files", "images"):
                 machine_fp = fp
         # The lab's steps chain on the machine and its Docker, not on the upload of
-        # every lab file: a step re-runs when the files it names change.
+        # every lab file (a step re-runs when the files it names change) nor on
+        # images loaded from --images-dir (present once, needed by no later `up`).
         tails.append(machine_fp)
     fp = fingerprint("", *tails)
     env_names = json.dumps([sorted(lab.env.items()), lab.secrets, sorted(ctx.ips.items())])

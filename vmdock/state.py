@@ -38,6 +38,7 @@ class LabState:
     steps: dict[str, dict] = field(default_factory=dict)  # key → {"fingerprint", "seconds", "at"}
     secrets: dict[str, str] = field(default_factory=dict)
     exports: dict[str, str] = field(default_factory=dict)
+    images: list[str] = field(default_factory=list)  # images loaded into the machines from --images-dir
     last_error: dict | None = None
     phase: str = "new"  # new → rendered → booted → provisioned | failed | destroyed
 
@@ -65,6 +66,7 @@ class LabState:
             steps=data.get("steps", {}),
             secrets=data.get("secrets", {}),
             exports=data.get("exports", {}),
+            images=data.get("images", []),
             last_error=data.get("last_error"),
             phase=data.get("phase", "new"),
         )
@@ -80,6 +82,7 @@ class LabState:
             "steps": self.steps,
             "secrets": self.secrets,
             "exports": self.exports,
+            "images": self.images,
             "last_error": self.last_error,
             "updated": _now(),
         }
@@ -137,6 +140,7 @@ class LabState:
         self.machines.clear()
         self.steps.clear()
         self.exports.clear()
+        self.images.clear()
         self.secrets.clear()
         self.last_error = None
         self.provider = None

@@ -176,6 +176,9 @@ class VagrantDriver:
     def halt(self, machine: str | None = None) -> None:
         self._call("halt" + (f" {machine}" if machine else ""), self._v.halt, vm_name=machine, machine=machine)
 
+    def reload(self, machine: str | None = None) -> None:
+        self._call("reload" + (f" {machine}" if machine else ""), self._v.reload, vm_name=machine, machine=machine)
+
     def destroy(self, machine: str | None = None) -> None:
         self._call("destroy -f" + (f" {machine}" if machine else ""), self._v.destroy, vm_name=machine, machine=machine)
 

@@ -132,7 +132,7 @@ class Engine:
     def _up(self, lab: Lab, state: LabState, start: float) -> UpResult:
         provider = self._provider(lab, state)
         text = render(lab.loaded, self._render_options(lab, provider))
-        write_atomic(lab.vagrantfile, text)
+        changed = write_atomic(lab.vagrantfile, text)
         state.provider = provider
         state.lab_folder = str(lab.loaded.folder)
         if state.phase in ("new", "destroyed"):
@@ -143,6 +143,17 @@ class Engine:
         self._phase("machines")
         t0 = time.monotonic()
         statuses = driver.status()
+        created = [m for m, st in statuses.items() if st != "not_created"]
+        if changed and created and state.machines:
+            # The machines' settings (ports, memory, box, image) changed since they were made.
+            if provider == "docker":  # a container's settings are fixed at creation: make it anew
+                self.events.info(f"machine settings changed: recreating {', '.join(created)} (their steps run again)")
+                driver.destroy()
+                statuses = {m: "not_created" for m in statuses}
+            else:
+                self.events.info(f"machine settings changed: vagrant reload {', '.join(created)}")
+                driver.reload()
+                statuses = driver.status()
         down = [m for m, s in statuses.items() if s != "running"]
         if down:
             self.events.info(f"vagrant up: {', '.join(down)} ({provider})")

@@ -259,7 +259,8 @@ BUILTINS = [
 ]
 
 
-def _step_action(ctx: Context, index: int, step: Step, machine: str):
+def _step_action(ctx: Context, index: int, step: Step, machine: str, last: bool):
+    """A lab step on one machine.  ``last``: the step's last machine, where its exports must be complete."""
     key = f"step{index + 1}:{machine}"
 
     def action(t: Transport) -> None:
@@ -277,20 +278,23 @@ def _step_action(ctx: Context, index: int, step: Step, machine: str):
             step=step.name,
         )
         if step.exports:
-            out = t.run(f"sudo -n cat {exports_file}", check=False).stdout
+            # values may be join tokens: read them without logging them
+            out = t.run(f"sudo -n cat {exports_file}", check=False, secret=True, shown=f"cat {exports_file}").stdout
             found = {}
             for line in out.splitlines():
                 k, sep, v = line.partition("=")
                 if sep and k.strip() in step.exports:
                     found[k.strip()] = v.strip()
-            missing = [n for n in step.exports if n not in found]
-            if missing:
+            with _state_lock:
+                ctx.state.exports.update(found)
+                ctx.state.save()
+            # a step on several machines may export a name from any of them
+            missing = [n for n in step.exports if n not in ctx.state.exports]
+            if last and missing:
                 raise ProvisionError(
                     f"the step did not export {', '.join(missing)} (write KEY=value lines to $VMDOCK_EXPORTS)",
                     step=step.name,
                 )
-            ctx.state.exports.update(found)
-            ctx.state.save()
 
     return key, action
 
@@ -319,9 +323,10 @@ def build_plan(ctx: Context, machine_ids: dict[str, str]) -> list[Item]:
     env_names = json.dumps([sorted(lab.env.items()), lab.secrets, sorted(ctx.ips.items())])
     for i, step in enumerate(lab.steps):
         files = hash_paths(ctx.loaded.folder, step.files) if step.files else ""
-        for machine in lab.targets(step):
+        targets = lab.targets(step)
+        for machine in targets:
             fp = fingerprint(fp, step.model_dump_json(), files, env_names, machine)
-            key, action = _step_action(ctx, i, step, machine)
+            key, action = _step_action(ctx, i, step, machine, last=machine == targets[-1])
             items.append(Item(key, machine, step.name, fp, action, False))
     return items
 

@@ -142,14 +142,17 @@ class Transport:
         check: bool = True,
         step: str | None = None,
         shown: str | None = None,
+        secret: bool = False,
     ) -> Result:
-        """Run ``command`` (a shell line) as the SSH user; output is logged."""
+        """Run ``command`` (a shell line) as the SSH user; output is logged unless ``secret``."""
         conn = self._connection()
         label = shown or command
         self.log.event(f"{self.machine}$ {label}  (started)")
 
         def emit(prefix):
             def _e(line: str) -> None:
+                if secret:
+                    return
                 self.log.write(f"    {prefix}{line}")
                 if self.on_line:
                     self.on_line(self.machine, line)

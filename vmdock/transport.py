@@ -188,7 +188,8 @@ class Transport:
         result = Result(code, "\n".join(out.lines), "\n".join(err.lines), seconds)
         if check and code != 0:
             raise ProvisionError(
-                "command failed",
+                "command failed" if code >= 0 else
+                "the SSH session ended without an exit status (the machine stopped or the connection was lost)",
                 lab=self.lab,
                 machine=self.machine,
                 step=step,

@@ -15,13 +15,12 @@ import traceback
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
 
-try:  # typer >= 0.2x raises its own vendored click's exceptions, which `click.*` does not catch
-    from typer._click.exceptions import ClickException as _TyperClickException
+try:  # typer >= 0.2x vendors click (and does not install it): its exceptions are typer's own
+    from typer._click.exceptions import ClickException as _ClickException
 except ImportError:  # older typer raises click's own
-    _TyperClickException = click.ClickException
+    from click import ClickException as _ClickException
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -383,6 +382,57 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
         raise typer.Exit(1)
 
 
+# -- boxes ------------------------------------------------------------------------
+
+box_app = typer.Typer(no_args_is_help=True, help="Base boxes: build vmdock's own (offline, from the Debian mirror), list them.")
+app.add_typer(box_app, name="box")
+
+
+@box_app.command("build")
+def box_build(
+    provider: str = typer.Option("libvirt", "--provider", help="libvirt (a Vagrant box) or docker (the machine image)"),
+    box: str = typer.Option("debian12", "--box", help="a box of boxes/boxes.yaml"),
+    force: bool = typer.Option(False, "--force", help="build anew even when cached, and register again"),
+):
+    """Build a base box from the Debian mirror (VMDOCK_APT_MIRROR) and register it with Vagrant."""
+    from . import boxes, paths
+    from .runlog import Log
+
+    events = RichEvents(OPTS.verbose)
+    log = Log(paths.cache_dir() / "boxes" / "build.log")
+    start = time.monotonic()
+    with events:
+        events.phase(f"box build ({provider})")
+        made = boxes.build(
+            log, provider=provider, box=box, mirror=Settings.from_env().apt_mirror, force=force,
+            on_line=lambda line: events.line("box", line), on_info=events.info,
+        )
+        events.phase_done(f"box build ({provider})", time.monotonic() - start)
+    console.print(f"[green]{escape(made)}[/] ready ({time.monotonic() - start:.0f}s); log: {escape(str(log.path))}")
+
+
+@box_app.command("list")
+def box_list(as_json: bool = typer.Option(False, "--json")):
+    """Every base box per provider: what a lab machine gets, and the boxes vmdock built."""
+    from . import boxes
+
+    rows = boxes.list_boxes()
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        return
+    table = Table(title="vmdock boxes")
+    for col in ("box", "provider", "a machine gets", "vmdock-built", "registered"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        cached = r["cached"]
+        built = (f"{r['vmdock_box']}: {cached['size'] / 1e6:.0f} MB, {cached['built_at'] or '?'}" if cached
+                 else (f"{r['vmdock_box']}: not built (`vmdock box build`)" if r["vmdock_box"] else "-"))
+        uses = (r["uses"] or "-") + (f" from {r['url_override']}" if r["url_override"] and r["provider"] != "docker" else "")
+        reg = "yes" if r["registered"] else ("no" if r["vmdock_box"] else "-")
+        table.add_row(f"{r['box']}\n[dim]{escape(r['title'])}[/]", r["provider"], escape(uses), escape(built), reg)
+    console.print(table)
+
+
 # -- entry point ------------------------------------------------------------------
 
 def _print_error(exc: VmdockError) -> None:
@@ -404,12 +454,12 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         _print_error(exc)
         code = exc.exit_status
-    except (click.exceptions.Exit, typer.Exit) as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
-    except (click.ClickException, _TyperClickException) as exc:
+    except _ClickException as exc:
         exc.show()
         code = exc.exit_code
-    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+    except (typer.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         err_console.print("[yellow]interrupted[/]: the lab's state is kept; run the same command again to resume")
         code = 130
     if argv is None:

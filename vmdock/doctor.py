@@ -14,18 +14,67 @@ def _row(name: str, status: str, detail: str) -> dict:
 
 def _kvm() -> dict:
     dev = "/dev/kvm"
-    if not os.path.exists(dev):
-        return _row("KVM", "warn", "no /dev/kvm: libvirt VMs run with TCG (software emulation, slow)")
-    if not os.access(dev, os.R_OK | os.W_OK):
-        return _row("KVM", "warn", f"{dev} is not readable and writable by this user (add it to group kvm)")
-    st = os.stat(dev)
-    mode = oct(st.st_mode & 0o777)
-    hint = ""
-    if st.st_mode & 0o060 == 0:
-        hint = f"; {dev} is {mode}: libvirt re-probes qemu on every lookup — `chgrp kvm {dev}; chmod 0660 {dev}`"
     forced = os.environ.get("VMDOCK_LIBVIRT_DRIVER")
     note = f"; VMDOCK_LIBVIRT_DRIVER={forced} is set" if forced else ""
-    return _row("KVM", "warn" if hint else "ok", f"{dev} present ({mode}){hint}{note}")
+    if not os.path.exists(dev):
+        return _row("KVM", "warn", f"no /dev/kvm: libvirt VMs run with TCG (software emulation, slow){note}")
+    st = os.stat(dev)
+    mode = oct(st.st_mode & 0o777)
+    if not os.access(dev, os.R_OK | os.W_OK):
+        return _row("KVM", "warn", f"{dev} ({mode}) is not readable and writable by this user: add it to group kvm "
+                    f"(libvirt VMs fall back to TCG){note}")
+    hint = ""
+    if st.st_mode & 0o060 == 0:
+        hint = f"; {dev} is {mode}: libvirt re-probes qemu on every lookup — `chgrp kvm {dev}; chmod 0660 {dev}` (host-setup.sh --libvirt does)"
+    usable, why = providers.kvm_probe()
+    if not usable:
+        return _row("KVM", "warn", f"{dev} present ({mode}) but KVM is unusable: {why}; libvirt machines use the qemu driver "
+                    f"(TCG, slow){hint}{note}")
+    return _row("KVM", "warn" if hint else "ok", f"{dev} present ({mode}), usable: {why}{hint}{note}")
+
+
+def _libvirt() -> list[dict]:
+    """libvirtd, virtlogd, the default pool, vmdock's box: what vagrant-libvirt needs."""
+    if not shutil.which("libvirtd") and not shutil.which("virsh"):
+        return [_row("libvirt", "warn", "not installed (real VMs on Linux: sudo bash scripts/host-setup.sh --libvirt)")]
+    rows = []
+    fix = "sudo bash scripts/host-setup.sh --libvirt (starts it, with or without systemd)"
+    ok, detail = providers._unix_socket_answers("/var/run/libvirt/libvirt-sock")
+    rows.append(_row("libvirtd", "ok" if ok else "fail", "answers" if ok else f"not running ({detail}): {fix}"))
+    log_ok, log_detail = providers._unix_socket_answers("/var/run/libvirt/virtlogd-sock")
+    rows.append(_row("virtlogd", "ok" if log_ok else "warn",
+                     "answers" if log_ok else f"not running ({log_detail}): qemu domains will not start; {fix}"))
+    if ok and shutil.which("virsh"):
+        try:
+            out = subprocess.run(["virsh", "-c", "qemu:///system", "pool-info", "default"], capture_output=True, text=True, timeout=30)
+            active = out.returncode == 0 and any(l.split(":", 1)[1].strip() == "running" for l in out.stdout.splitlines() if l.startswith("State:"))
+            rows.append(_row("libvirt pool default", "ok" if active else "warn",
+                             "running" if active else f"missing or inactive (vagrant-libvirt keeps disks there): {fix}"))
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            rows.append(_row("libvirt pool default", "warn", f"virsh pool-info failed: {exc}"))
+    from . import boxes
+
+    try:
+        e = boxes.entry("debian12")
+        own = e.get("vmdock_box")
+        if own and boxes.registered(own, "libvirt"):
+            rows.append(_row("libvirt box", "ok", f"{own} is registered with Vagrant"))
+        else:
+            rows.append(_row("libvirt box", "warn", f"{own} not built: `vmdock box build` (offline, ~2 min); "
+                             f"else Vagrant Cloud's {e.get('libvirt')} is used"))
+    except Exception as exc:  # reported, not raised: doctor explains
+        rows.append(_row("libvirt box", "warn", str(exc)))
+    return rows
+
+
+def _virtualbox_vs_kvm() -> list[dict]:
+    if not (shutil.which("VBoxManage") or shutil.which("vboxmanage")):
+        return []
+    if os.path.exists("/dev/kvm") and providers._kvm_in_use_by_others():
+        return [_row("VirtualBox vs KVM", "fail",
+                     "the kvm_intel/kvm_amd module holds VT-x/AMD-V: VirtualBox cannot start VMs while it is loaded "
+                     "(stop libvirt VMs, then `sudo modprobe -r kvm_intel kvm_amd`; or use --provider libvirt)")]
+    return [_row("VirtualBox vs KVM", "ok", "no KVM module in use: VirtualBox may use VT-x/AMD-V")]
 
 
 def _free() -> list[dict]:
@@ -62,6 +111,8 @@ def run_doctor() -> list[dict]:
     for probe in providers.probe_all():
         rows.append(_row(f"provider {probe.provider}", "ok" if probe.usable else "fail", probe.reason))
     rows.append(_kvm())
+    rows += _libvirt()
+    rows += _virtualbox_vs_kvm()
     for tool, why in (("debootstrap", "builds base images offline"), ("ssh", "`vmdock ssh`")):
         path = shutil.which(tool)
         rows.append(_row(tool, "ok" if path else "warn", path or f"not found ({why})"))

@@ -16,7 +16,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from . import __version__, paths
+from . import __version__, boxes, paths
 from .errors import ConfigError, LabError
 from .loader import LoadedLab
 from .ruby import ruby
@@ -87,10 +87,11 @@ def _box(loaded: LoadedLab, machine, provider: str) -> tuple[str | None, str | N
     where = f"{loaded.file}: machines[{loaded.lab.machines.index(machine)}].box"
     if entry is None:
         raise LabError(f"{where}: unknown box {machine.box!r} (boxes: {', '.join(boxes_catalog())})", lab=loaded.name)
-    box = entry.get(provider)
+    url = os.environ.get("VMDOCK_BOX_URL_" + re.sub(r"[^A-Z0-9]", "_", machine.box.upper()))
+    # a box built by `vmdock box build` and registered with Vagrant, unless the URL says otherwise
+    box = (None if url else boxes.own_box(entry, provider)) or entry.get(provider)
     if not box:
         raise LabError(f"{where}: box {machine.box!r} has no {provider} version", lab=loaded.name)
-    url = os.environ.get("VMDOCK_BOX_URL_" + re.sub(r"[^A-Z0-9]", "_", machine.box.upper()))
     return box, url or None
 
 

@@ -157,7 +157,15 @@ class Engine:
         down = [m for m, s in statuses.items() if s != "running"]
         if down:
             self.events.info(f"vagrant up: {', '.join(down)} ({provider})")
-            driver.up()
+            try:
+                driver.up()
+            except CommandError as exc:
+                if provider != "docker" and not exc.hint:
+                    exc.hint = (
+                        "if Vagrant could not fetch the box (no Vagrant Cloud here?), build one offline with "
+                        "`vmdock box build` (libvirt) or point VMDOCK_BOX_URL_<BOX> at a mirror or a .box file"
+                    )
+                raise
         ids = {m.name: driver.machine_id(m.name) or "" for m in lab.loaded.lab.machines}
         known = {m: rec.get("id") for m, rec in state.machines.items()}
         # A machine that was halted and started again keeps its id but lost its

@@ -219,14 +219,33 @@ def show(lab: str = LabArg):
 @app.command()
 def steps(lab: str = LabArg):
     """The commands a student would type to do the case by hand, section by section."""
+    import shlex
+
+    from .provision import env_key, remote_lab_dir
+    from .render import machine_ips
+
     loaded = resolve(lab, OPTS.labs_dirs)
     l = loaded.lab
-    console.print(f"# {l.name}: {l.title}" + (f" — {l.title_en}" if l.title_en else ""), markup=False, highlight=False)
-    console.print(f"# The lab's files are in /opt/vmdock/labs/{l.name} in each machine: cd there first.", markup=False, highlight=False)
+    out = [f"# {l.name}: {l.title}" + (f" — {l.title_en}" if l.title_en else "")]
+    out.append(f"# In each machine (vmdock ssh {l.name} MACHINE), as root: sudo -i, then:")
+    out.append(f"cd {remote_lab_dir(l.name)}")
+    for name, ip in machine_ips(loaded).items():
+        out.append(f"export VMDOCK_IP_{env_key(name)}={ip}")
+    out.append(f"export VMDOCK_BASE_IMAGE={shlex.quote(l.base_image)}")
+    for k, v in l.env.items():
+        out.append(f"export {k}={shlex.quote(v)}")
+    for k in l.secrets:
+        out.append(f"export {k}=...   # a secret: vmdock generates one per lab instance (state.json); choose your own")
     for s in l.steps:
         on = "every machine" if s.on == "all" else ", ".join(s.on)
-        console.print(f"\n## {s.name}" + (f"  ({s.name_en})" if s.name_en else "") + f"   [on {on}]", markup=False, highlight=False)
-        console.print(s.run.rstrip(), markup=False, highlight=False)
+        out.append("")
+        out.append(f"## {s.name}" + (f"  ({s.name_en})" if s.name_en else "") + f"   [on {on}]")
+        if s.exports:
+            out.append(f"# this step writes {', '.join(s.exports)} as KEY=value lines to $VMDOCK_EXPORTS: export them on the next machines")
+            out.append("export VMDOCK_EXPORTS=/tmp/exports")
+        out.append(s.run.rstrip())
+    # plain text, never wrapped: students copy these lines
+    sys.stdout.write("\n".join(out) + "\n")
 
 
 @app.command()

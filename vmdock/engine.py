@@ -102,12 +102,12 @@ class Engine:
         lab = self.lab(name)
         start = time.monotonic()
         # containerlab's rule: find out what is missing before creating anything (no state, no lock file)
-        self._image_tarballs = needs.check(lab.loaded.lab, self.settings, loaded=lab.state().images)
+        image_tarballs = needs.check(lab.loaded.lab, self.settings, loaded=lab.state().images)
         with lab_lock(lab.home, lab.name, "up"):
             state = lab.state()
             lab.log.event(f"=== vmdock up {lab.name} ===")
             try:
-                return self._up(lab, state, start)
+                return self._up(lab, state, start, image_tarballs)
             except VmdockError as exc:
                 exc.with_context(lab=lab.name, log=lab.log.path)
                 state.last_error = {
@@ -129,7 +129,7 @@ class Engine:
                 lab.log.event("interrupted")
                 raise
 
-    def _up(self, lab: Lab, state: LabState, start: float) -> UpResult:
+    def _up(self, lab: Lab, state: LabState, start: float, image_tarballs: dict) -> UpResult:
         provider = self._provider(lab, state)
         text = render(lab.loaded, self._render_options(lab, provider))
         changed = write_atomic(lab.vagrantfile, text)
@@ -187,7 +187,7 @@ class Engine:
         self.events.phase_done("machines", time.monotonic() - t0)
 
         ctx = self._context(lab, state)
-        ctx.image_tarballs = self._image_tarballs
+        ctx.image_tarballs = image_tarballs
         plan = build_plan(ctx, {m: f"{ids[m]}#{boots[m]}" for m in ids})
         transports = self._transports(lab, state)
         try:

@@ -29,12 +29,11 @@ from rich.table import Table
 from . import __version__, providers
 from .errors import ConfigError, VmdockError
 from .events import Events
-from .loader import discover, resolve
+from .loader import LAB_FILE, discover, resolve, search_path
 from .model import Lab as LabModel
 from .settings import Settings
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     help="Hands-on Docker labs (《Docker开发实践》) in virtual machines: `vmdock up LAB`, then `vmdock verify LAB`.",
     pretty_exceptions_enable=False,
@@ -51,7 +50,15 @@ class _Opts:
 
 OPTS = _Opts()
 
-LabArg = typer.Argument(..., help="lab name (ch6-lamp), chapter (ch6) or number (6)")
+
+def _complete_lab(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Lab names for shell completion: folder names on the search path, no lab.yaml parsed."""
+    extra = ctx.find_root().params.get("labs_dir") or []
+    names = {f.parent.name for d in search_path(list(extra)) if d.is_dir() for f in d.glob(f"*/{LAB_FILE}")}
+    return sorted(n for n in names if n.startswith(incomplete))
+
+
+LabArg = typer.Argument(..., help="lab name (ch6-lamp), chapter (ch6) or number (6)", autocompletion=_complete_lab)
 
 
 def _print_version(value: bool) -> None:

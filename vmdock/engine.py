@@ -102,7 +102,7 @@ class Engine:
         lab = self.lab(name)
         start = time.monotonic()
         # containerlab's rule: find out what is missing before creating anything (no state, no lock file)
-        image_tarballs = needs.check(lab.loaded.lab, self.settings, loaded=lab.state().images)
+        image_tarballs = needs.check(lab.loaded.lab, self.settings, loaded=lab.state().images, on_info=self.events.info)
         with lab_lock(lab.home, lab.name, "up"):
             state = lab.state()
             lab.log.event(f"=== vmdock up {lab.name} ===")

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from . import __version__, needs, paths, providers
+from . import __version__, images, needs, paths, providers
 from .bundle_manifest import (
     CHUNK,
     DEFAULT_LEVEL,
@@ -46,6 +46,9 @@ from .events import Events
 from .loader import LoadedLab
 from .runlog import Log, quote, run
 from .settings import Settings
+
+#: The label ``images.ensure_machine_image`` gives the machine image: the apt mirror it was built with.
+MIRROR_LABEL = "vmdock.mirror"
 
 
 def log_file() -> Log:
@@ -140,19 +143,21 @@ def import_bundle(path: Path, events: Events, log: Log) -> list[Outcome]:
         reader.verify(manifest, on_member=lambda m: events.line("bundle", f"checking {m.path}"))
         events.phase_done("checking every member's checksum", time.monotonic() - start)
         cache = paths.cache_dir()
-        cache.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".bundle-import.", dir=cache))
-        loaded: list[str] = []
-        try:
-            outcomes = _import_members(reader, manifest, staging, loaded, events, log)
-        except BaseException:
-            _rollback(loaded, log)
-            raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with images._file_lock(cache / "bundle-import.lock", "a bundle import", log):
+            staging = Path(tempfile.mkdtemp(prefix=".bundle-import.", dir=cache))
+            loaded: list[str] = []
+            try:
+                outcomes = _import_members(reader, manifest, staging, loaded, events, log)
+            except BaseException:
+                _rollback(loaded, log)
+                raise
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
     for o in outcomes:
         if o.member.kind == "box" and o.status == "imported":
             o.note = _register_box(o.member, log)
+        elif o.member.kind == "docker-images":
+            o.note = _mirror_note(o.member, log)
     return outcomes
 
 
@@ -250,6 +255,19 @@ def _move(src: Path, dest: Path) -> None:
 def _rollback(refs: list[str], log: Log) -> None:
     for ref in refs:
         run(["docker", "rmi", ref], log, check=False, timeout=120)
+
+
+def _mirror_note(m: Member, log: Log) -> str:
+    """The machine image is used only with the apt mirror it was built with (its tag covers it)."""
+    here = images.apt_mirror()
+    for r in m.images:
+        result = run(["docker", "image", "inspect", "--format", f'{{{{index .Config.Labels "{MIRROR_LABEL}"}}}}', r.ref],
+                     log, check=False, timeout=60)
+        built = result.stdout.strip() if result.returncode == 0 else ""
+        if built and built != "<no value>" and built != here:
+            return (f"{r.ref} was built with apt mirror {built}; vmdock uses it only with "
+                    f"{images.MIRROR_ENV}={built} (here: {here}), else it builds the machine image anew")
+    return ""
 
 
 def _register_box(m: Member, log: Log) -> str:

@@ -497,7 +497,8 @@ def bundle_import(file: Path = typer.Argument(..., help="a bundle made by `vmdoc
         outcomes = bundle.import_bundle(file, events, bundle.log_file())
     for o in outcomes:
         what = ", ".join(r.ref for r in o.member.images) if o.member.kind == "docker-images" else o.member.target
-        console.print(f"{o.status}: {o.member.kind} {escape(what)}" + (f" [dim]({escape(o.note)})[/]" if o.note else ""))
+        console.print(f"{o.status}: {o.member.kind} {escape(what)}" + (f" [dim]({escape(o.note)})[/]" if o.note else ""),
+                      soft_wrap=True)
     console.print(f"[green]{escape(str(file))} imported[/] ({time.monotonic() - start:.0f}s)")
 
 

@@ -36,9 +36,9 @@ from .errors import BundleError
 FORMAT = "vmdock-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-#: zstd level 3: on the machine image (`docker save`, 184 MB) it makes 61 MB in 0.8 s and
-#: unpacks in 0.25 s; level 9 saves 6 MB for 4x the time, gzip -6 makes 77 MB in 6.7 s and
-#: unpacks in 0.9 s (scripts/bench_bundle.py, README "Offline bundle").
+#: zstd level 3: on the machine image (`docker save`, 182 MB) it makes 62 MB in 1.5 s and
+#: unpacks in 0.3 s; level 9 saves 7 MB for 5x the time; gzip -6 makes 77 MB in 27 s and
+#: unpacks in 1.8 s (`scripts/bench_bundle.py --compare`, README "Offline bundle").
 DEFAULT_LEVEL = 3
 CHUNK = 1 << 20
 _BLOCK = tarfile.BLOCKSIZE

@@ -242,11 +242,10 @@ def _rewrite(src: Path, dst: Path, drop: str = "", manifest: dict | None = None)
             new.addfile(info, io.BytesIO(data))
 
 
-def _member_offset(path: Path, kind: str) -> tuple[str, int]:
+def _member(path: Path, kind: str) -> tarfile.TarInfo:
     m = next(x for x in _manifest(path).members if x.kind == kind)
     with tarfile.open(path) as tar:
-        info = tar.getmember(m.path)
-        return m.path, info.offset_data + info.size // 2
+        return tar.getmember(m.path)
 
 
 def _damage(how: str, src: Path, dst: Path) -> str:
@@ -255,11 +254,20 @@ def _damage(how: str, src: Path, dst: Path) -> str:
     if how == "truncated":
         dst.write_bytes(data[: len(data) // 2])
         return "truncated"
+    if how == "cut before the manifest":
+        with tarfile.open(src) as tar:
+            dst.write_bytes(data[: tar.getmember(MANIFEST).offset])
+        return "no manifest.json: the file is truncated"
     if how == "flipped byte":
-        member, offset = _member_offset(src, "docker-images")
-        data[offset] ^= 0x01
+        info = _member(src, "docker-images")
+        data[info.offset_data + info.size // 2] ^= 0x01
         dst.write_bytes(data)
-        return f"member {member} is damaged"
+        return f"member {info.name} is damaged"
+    if how == "damaged header":
+        info = _member(src, "image-tarball")
+        data[info.offset + 3] ^= 0x01
+        dst.write_bytes(data)
+        return f"damaged header at byte {info.offset}"
     if how == "wrong format version":
         manifest = json.loads(_manifest(src).model_dump_json())
         _rewrite(src, dst, manifest={**manifest, "format_version": 99})
@@ -269,7 +277,8 @@ def _damage(how: str, src: Path, dst: Path) -> str:
     return f"member {member} is missing"
 
 
-@pytest.mark.parametrize("how", ["truncated", "flipped byte", "wrong format version", "missing member"])
+@pytest.mark.parametrize("how", ["truncated", "cut before the manifest", "flipped byte", "damaged header",
+                                 "wrong format version", "missing member"])
 def test_damaged_bundle_is_refused_and_nothing_is_loaded(teacher, student, capsys, tmp_path, how):
     path, _ = teacher
     bad = tmp_path / "bad.vmdock"

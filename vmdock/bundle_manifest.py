@@ -176,18 +176,18 @@ class BundleReader:
         except OSError as exc:
             raise BundleError(f"{self.path}: cannot read ({exc.strerror})") from exc
         self.entries: dict[str, tarfile.TarInfo] = {}
-        file_size = os.fstat(self.fh.fileno()).st_size
-        last = None
+        self.size = os.fstat(self.fh.fileno()).st_size
+        self.last: tarfile.TarInfo | None = None
         try:
             with tarfile.open(fileobj=self.fh, mode="r:") as tar:
                 for info in tar:
-                    last = info.name
-                    if info.offset_data + info.size > file_size:
+                    self.last = info
+                    if info.offset_data + info.size > self.size:
                         raise BundleError(f"{self.path}: truncated inside member {info.name} "
-                                          f"({file_size - info.offset_data} of {info.size} bytes)")
+                                          f"({self.size - info.offset_data} of {info.size} bytes)")
                     self.entries[info.name] = info
         except tarfile.TarError as exc:
-            after = f" after member {last}" if last else ""
+            after = f" after member {self.last.name}" if self.last else ""
             raise BundleError(f"{self.path}: not a vmdock bundle, or damaged{after}: {exc}") from exc
 
     def close(self) -> None:
@@ -203,10 +203,20 @@ class BundleReader:
         info = self.entries[name]
         return info.offset_data, info.size
 
+    def _unread_tail(self) -> int:
+        """Where data that tarfile stopped before begins (a damaged header), else -1."""
+        end = 0 if self.last is None else self.last.offset_data + self.last.size + (-self.last.size % _BLOCK)
+        self.fh.seek(end)
+        rest = self.fh.read(2 * _BLOCK)  # the end-of-archive marker is zeros
+        return end if rest.strip(b"\0") else -1
+
     def manifest(self) -> Manifest:
+        hint = "nothing was imported; copy the bundle again, or make it anew with `vmdock bundle export`"
         if MANIFEST not in self.entries:
-            raise BundleError(f"{self.path}: no {MANIFEST}: the file is truncated or not a vmdock bundle",
-                              hint="copy the bundle again, or make it anew with `vmdock bundle export`")
+            at = self._unread_tail()
+            if at >= 0 and self.last is not None:
+                raise BundleError(f"{self.path}: damaged header at byte {at}, after member {self.last.name}", hint=hint)
+            raise BundleError(f"{self.path}: no {MANIFEST}: the file is truncated or not a vmdock bundle", hint=hint)
         offset, size = self._span(MANIFEST)
         self.fh.seek(offset)
         try:

@@ -36,10 +36,10 @@ import zstandard
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vmdock import bundle, images, paths
-from vmdock.events import Events
-from vmdock.loader import resolve
-from vmdock.settings import Settings
+from vmdock import bundle, images, paths  # noqa: E402 (after the path insert)
+from vmdock.events import Events  # noqa: E402
+from vmdock.loader import resolve  # noqa: E402
+from vmdock.settings import Settings  # noqa: E402
 
 BENCH_ROLE = "vmdock.role=vmdock-bench-machine-image"
 CHUNK = 1 << 20
@@ -58,7 +58,8 @@ def docker(*args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def machine_image() -> str:
-    refs = docker("image", "ls", "--filter", f"label={images.ROLE_LABEL}", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    fmt = "{{.Repository}}:{{.Tag}}"
+    refs = docker("image", "ls", "--filter", f"label={images.ROLE_LABEL}", "--format", fmt).stdout.split()
     if not refs:
         sys.exit("no machine image here: `vmdock box build --provider docker` first")
     return refs[0]
@@ -95,7 +96,8 @@ def compare(tmp: Path, ref: str, rootfs: Path) -> list[dict]:
                 decomp(src)
             d = time.monotonic() - start
             rows.append({"data": data.name, "raw_mb": round(data.stat().st_size / 1e6, 1), "codec": name,
-                         "mb": round(packed.stat().st_size / 1e6, 1), "compress_s": round(c, 2), "decompress_s": round(d, 2)})
+                         "mb": round(packed.stat().st_size / 1e6, 1),
+                         "compress_s": round(c, 2), "decompress_s": round(d, 2)})
     return rows
 
 
@@ -177,7 +179,8 @@ def main() -> int:
         for name, seconds in report[run]["phases"]:
             print(f"    {name}: {seconds:.1f} s")
     for row in report.get("compare", []):
-        print("    {data} ({raw_mb} MB) {codec}: {mb} MB, compress {compress_s} s, decompress {decompress_s} s".format(**row))
+        print("    {data} ({raw_mb} MB) {codec}: {mb} MB, compress {compress_s} s, "
+              "decompress {decompress_s} s".format(**row))
     return 0
 
 

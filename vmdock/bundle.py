@@ -261,8 +261,8 @@ def _mirror_note(m: Member, log: Log) -> str:
     """The machine image is used only with the apt mirror it was built with (its tag covers it)."""
     here = images.apt_mirror()
     for r in m.images:
-        result = run(["docker", "image", "inspect", "--format", f'{{{{index .Config.Labels "{MIRROR_LABEL}"}}}}', r.ref],
-                     log, check=False, timeout=60)
+        fmt = f'{{{{index .Config.Labels "{MIRROR_LABEL}"}}}}'
+        result = run(["docker", "image", "inspect", "--format", fmt, r.ref], log, check=False, timeout=60)
         built = result.stdout.strip() if result.returncode == 0 else ""
         if built and built != "<no value>" and built != here:
             return (f"{r.ref} was built with apt mirror {built}; vmdock uses it only with "
@@ -280,10 +280,12 @@ def _register_box(m: Member, log: Log) -> str:
     from .driver import vagrant_env
 
     try:
-        run(["vagrant", "box", "add", "--force", "--name", name, "--provider", m.meta.get("provider", "libvirt"), str(dest)],
+        provider = m.meta.get("provider", "libvirt")
+        run(["vagrant", "box", "add", "--force", "--name", name, "--provider", provider, str(dest)],
             log, env=vagrant_env(), timeout=1800)
     except CommandError as exc:
-        return f"left in the cache at {dest}: vagrant box add failed ({exc.stderr_tail.splitlines()[-1:] or exc.message})"
+        why = (exc.stderr_tail.splitlines() or [exc.message])[-1]
+        return f"left in the cache at {dest}: vagrant box add failed ({why}); log: {log.path}"
     return f"registered with Vagrant as {name}"
 
 

@@ -172,7 +172,7 @@ class BundleReader:
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
-            self.fh = open(self.path, "rb")  # noqa: SIM115 (held by the reader, closed by close())
+            self.fh = open(self.path, "rb")  # held by the reader, closed by close()
         except OSError as exc:
             raise BundleError(f"{self.path}: cannot read ({exc.strerror})") from exc
         self.entries: dict[str, tarfile.TarInfo] = {}
@@ -227,7 +227,8 @@ class BundleReader:
             raise BundleError(f"{self.path}: not a vmdock bundle ({MANIFEST} has no format {FORMAT!r})")
         if data.get("format_version") != FORMAT_VERSION:
             raise BundleError(
-                f"{self.path}: bundle format version {data.get('format_version')!r}, this vmdock reads version {FORMAT_VERSION}",
+                f"{self.path}: bundle format version {data.get('format_version')!r}, "
+                f"this vmdock reads version {FORMAT_VERSION}",
                 hint=f"use the vmdock that made it (vmdock {data.get('vmdock_version', '?')})",
             )
         try:
@@ -266,17 +267,17 @@ class BundleReader:
     def open_raw(self, m: Member) -> IO[bytes]:
         """The member's content, unpacked while read (bounded memory)."""
         offset, size = self._span(m.path)
-        stored: Any = _Slice(self.path, offset, size)
+        stored = _Slice(self.path, offset, size)
         if m.compression == "zstd":
-            return zstandard.ZstdDecompressor().stream_reader(stored, closefd=True)
-        return stored
+            return cast(IO[bytes], zstandard.ZstdDecompressor().stream_reader(cast(IO[bytes], stored), closefd=True))
+        return cast(IO[bytes], stored)
 
 
 class _Slice:
     """A read-only file over ``size`` bytes of ``path`` from ``offset``."""
 
     def __init__(self, path: Path, offset: int, size: int):
-        self.fh = open(path, "rb")  # noqa: SIM115 (held by the slice, closed by close())
+        self.fh = open(path, "rb")  # held by the slice, closed by close()
         self.fh.seek(offset)
         self.left = size
 

@@ -80,7 +80,8 @@ def _docker_images(log: Log, *filters: str) -> list[ImageRef]:
 
 
 def _lab_images(log: Log, lab: str) -> list[ImageRef]:
-    found = _docker_images(log, f"label={LAB_IMAGE_LABEL}={lab}") + _docker_images(log, f"reference={LAB_IMAGE_REPO}{lab}-*")
+    found = _docker_images(log, f"label={LAB_IMAGE_LABEL}={lab}")
+    found += _docker_images(log, f"reference={LAB_IMAGE_REPO}{lab}-*")
     return list({r.ref: r for r in found}.values())
 
 
@@ -100,7 +101,8 @@ def _needs_sources(loaded: LoadedLab, entry: LabEntry, index: dict[str, Path], d
         elif docker_ok and images.image_exists(log, ref):
             out.append(Source("image-tarball", _tarball_name(ref), "zstd", refs=[ImageRef(ref=ref)]))
         else:
-            entry.notes.append(f"needs image {ref}: not in the images folder nor in this host's dockerd; not in the bundle")
+            entry.notes.append(f"needs image {ref}: not in the images folder nor in this host's dockerd; "
+                               "not in the bundle")
     return out
 
 
@@ -116,11 +118,13 @@ def plan(labs: list[LoadedLab], settings: Settings, log: Log) -> Plan:
     else:
         notes.append(f"dockerd is not reachable ({detail}): no docker images in the bundle")
     bundled = needs.bundle_images_dir()
-    index = {**(needs.images_dir_index(str(bundled)) if bundled.is_dir() else {}), **needs.images_dir_index(settings.images_dir)}
+    index = needs.images_dir_index(str(bundled)) if bundled.is_dir() else {}
+    index.update(needs.images_dir_index(settings.images_dir))  # the images folder wins
     sources: list[Source] = []
     entries = []
     for loaded in labs:
-        entry = LabEntry(name=loaded.name, fingerprint=lab_fingerprint(loaded), needs_images=list(loaded.lab.needs.images))
+        entry = LabEntry(name=loaded.name, fingerprint=lab_fingerprint(loaded),
+                         needs_images=list(loaded.lab.needs.images))
         if docker_ok:
             lab_images = _lab_images(log, loaded.name)
             entry.lab_images = [r.ref for r in lab_images]
@@ -131,7 +135,8 @@ def plan(labs: list[LoadedLab], settings: Settings, log: Log) -> Plan:
         sources += _needs_sources(loaded, entry, index, docker_ok, log)
         entries.append(entry)
     if host:
-        sources.insert(0, Source("docker-images", "docker-images.tar", "zstd", refs=list({r.ref: r for r in host}.values())))
+        unique_refs = list({r.ref: r for r in host}.values())
+        sources.insert(0, Source("docker-images", "docker-images.tar", "zstd", refs=unique_refs))
     cache = paths.cache_dir()
     for p in sorted(cache.glob("rootfs-*.tar.gz")):
         sources.append(Source("rootfs", p.name, "none", path=p, meta=images.rootfs_meta(p)))

@@ -461,15 +461,20 @@ def box_list(as_json: bool = typer.Option(False, "--json")):
 
 # -- bundles ----------------------------------------------------------------------
 
-bundle_app = typer.Typer(no_args_is_help=True, help="One file with everything some labs need offline: export where the network is, import in the classroom.")
+bundle_app = typer.Typer(
+    no_args_is_help=True,
+    help="One file with everything some labs need offline: export where the network is, import in the classroom.",
+)
 app.add_typer(bundle_app, name="bundle")
 
 
 @bundle_app.command("export")
 def bundle_export(
     file: Path = typer.Argument(..., help="the bundle to write (e.g. class.vmdock)"),
-    labs: List[str] = typer.Argument(..., help="labs to carry (names, chapters or numbers)"),
-    images_dir: Optional[Path] = typer.Option(
+    labs: list[str] = typer.Argument(
+        ..., help="labs to carry (names, chapters or numbers)", autocompletion=_complete_lab
+    ),
+    images_dir: Path | None = typer.Option(
         None, "--images-dir", help="folder of `docker save` tarballs for online labs (also VMDOCK_IMAGES_DIR)"
     ),
     level: int = typer.Option(3, "--level", min=1, max=19, help="zstd level (3: fast to unpack, measured)"),
@@ -497,8 +502,8 @@ def bundle_import(file: Path = typer.Argument(..., help="a bundle made by `vmdoc
         outcomes = bundle.import_bundle(file, events, bundle.log_file())
     for o in outcomes:
         what = ", ".join(r.ref for r in o.member.images) if o.member.kind == "docker-images" else o.member.target
-        console.print(f"{o.status}: {o.member.kind} {escape(what)}" + (f" [dim]({escape(o.note)})[/]" if o.note else ""),
-                      soft_wrap=True)
+        note = f" [dim]({escape(o.note)})[/]" if o.note else ""
+        console.print(f"{o.status}: {o.member.kind} {escape(what)}{note}", soft_wrap=True)
     console.print(f"[green]{escape(str(file))} imported[/] ({time.monotonic() - start:.0f}s)")
 
 
@@ -514,8 +519,8 @@ def bundle_inspect(
     if as_json:
         sys.stdout.write(manifest.model_dump_json(indent=2) + "\n")
         return
-    console.print(f"vmdock bundle v{manifest.format_version}, made by vmdock {manifest.vmdock_version} at {manifest.created}",
-                  markup=False, highlight=False)
+    made = f"made by vmdock {manifest.vmdock_version} at {manifest.created}"
+    console.print(f"vmdock bundle v{manifest.format_version}, {made}", markup=False, highlight=False)
     table = Table(title=str(file))
     for col in ("member", "kind", "size", "content", "sha256"):
         table.add_column(col, overflow="fold")
@@ -524,7 +529,8 @@ def bundle_inspect(
         table.add_row(escape(m.path), m.kind, f"{m.size / 1e6:.1f} MB", escape(content), m.sha256[:16])
     console.print(table)
     for e in manifest.labs:
-        console.print(f"lab {escape(e.name)} [dim]{e.fingerprint[:16]}[/]: lab images {escape(', '.join(e.lab_images) or 'none')}"
+        lab_images = escape(", ".join(e.lab_images) or "none")
+        console.print(f"lab {escape(e.name)} [dim]{e.fingerprint[:16]}[/]: lab images {lab_images}"
                       + (f"; needs {escape(', '.join(e.needs_images))}" if e.needs_images else ""))
         for note in e.notes:
             console.print(f"  [yellow]note[/]: {escape(note)}")

@@ -16,8 +16,8 @@ import os
 import tarfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from . import paths
 from .errors import ConfigError, MissingError

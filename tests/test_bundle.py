@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -192,6 +193,7 @@ def test_import_makes_the_online_lab_pass_its_preflight(teacher, student, capsys
 
     code, out, err = run(capsys, "bundle", "import", str(path))
     assert code == 0, err
+    assert f"note: lab {LAB} is not on this host" in out  # no --labs-dir: the test lab is not found
     assert "loaded: docker-images" in out and f"imported: rootfs {ROOTFS}" in out
     for ref, image_id in ids.items():
         assert docker("image", "inspect", "--format", "{{.Id}}", ref).stdout.decode().strip() == image_id
@@ -214,15 +216,21 @@ def test_import_makes_the_online_lab_pass_its_preflight(teacher, student, capsys
     assert not list(student.glob(".bundle-import.*"))  # no staging left behind
 
 
-def test_import_twice_is_a_no_op(teacher, student, capsys):
+def test_import_twice_is_a_no_op(teacher, student, capsys, tmp_path):
     path, _ = teacher
     assert run(capsys, "bundle", "import", str(path))[0] == 0
     before_images, before_cache = vmdock_test_images(), _snapshot(student)
-    code, out, err = run(capsys, "bundle", "import", str(path))
+    code, out, err = run(capsys, "--labs-dir", str(LABS), "bundle", "import", str(path))
     assert code == 0, err
+    assert "note:" not in out  # the lab here is the one the bundle was made for
     statuses = [line for line in out.splitlines() if ": " in line and "imported (" not in line]
     assert len(statuses) == 4 and all(s.startswith("already present") for s in statuses), out
     assert vmdock_test_images() == before_images
+    changed = tmp_path / "labs"
+    shutil.copytree(LABS, changed)
+    (changed / LAB / "notes.txt").write_text("a file the bundled lab did not have\n")
+    code, out, err = run(capsys, "--labs-dir", str(changed), "bundle", "import", str(path))
+    assert code == 0 and f"note: lab {LAB} here differs from the one the bundle was made for" in out, out + err
     after = _snapshot(student)
     after.pop("bundle.log")
     before_cache.pop("bundle.log")

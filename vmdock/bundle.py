@@ -40,10 +40,10 @@ from .bundle_manifest import (
     Member,
     copy_file,
 )
-from .bundle_sources import Plan, Source, plan
-from .errors import BundleError, CommandError, tail
+from .bundle_sources import Plan, Source, lab_fingerprint, plan
+from .errors import BundleError, CommandError, LabError, tail
 from .events import Events
-from .loader import LoadedLab
+from .loader import LoadedLab, resolve
 from .runlog import Log, quote, run
 from .settings import Settings
 
@@ -132,6 +132,21 @@ def destination(m: Member) -> Path | None:
     cache = paths.cache_dir()
     return {"rootfs": cache / m.target, "box": cache / "boxes" / m.target,
             "image-tarball": needs.bundle_images_dir() / m.target}.get(m.kind)
+
+
+def lab_notes(manifest: Manifest, labs_dirs: list[Path] | None = None) -> list[str]:
+    """The bundle's labs that this host lacks or has in another version (their lab images then go unused)."""
+    notes = []
+    for entry in manifest.labs:
+        try:
+            here = lab_fingerprint(resolve(entry.name, labs_dirs))
+        except LabError:
+            notes.append(f"lab {entry.name} is not on this host (`vmdock list`): its images are loaded, unused")
+            continue
+        if here != entry.fingerprint:
+            notes.append(f"lab {entry.name} here differs from the one the bundle was made for "
+                         f"(vmdock {manifest.vmdock_version}): its lab images may be built anew")
+    return notes
 
 
 def import_bundle(path: Path, events: Events, log: Log) -> list[Outcome]:

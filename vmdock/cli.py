@@ -500,10 +500,13 @@ def bundle_import(file: Path = typer.Argument(..., help="a bundle made by `vmdoc
     start = time.monotonic()
     with RichEvents(OPTS.verbose) as events:
         outcomes = bundle.import_bundle(file, events, bundle.log_file())
+        notes = bundle.lab_notes(bundle.read_manifest(file), OPTS.labs_dirs)
     for o in outcomes:
         what = ", ".join(r.ref for r in o.member.images) if o.member.kind == "docker-images" else o.member.target
         note = f" [dim]({escape(o.note)})[/]" if o.note else ""
         console.print(f"{o.status}: {o.member.kind} {escape(what)}{note}", soft_wrap=True)
+    for line in notes:
+        console.print(f"[yellow]note[/]: {escape(line)}", soft_wrap=True)
     console.print(f"[green]{escape(str(file))} imported[/] ({time.monotonic() - start:.0f}s)")
 
 

@@ -41,7 +41,8 @@ LABS = ROOT / "tests" / "bundle_labs"
 LAB = "ch96-bundle-needs"
 NEEDS_REF = "vmdock-test/needs:1"
 RUN = uuid.uuid4().hex[:8]
-MACHINE_REF = f"vmdock-test/machine:{RUN}"
+MACHINE_REPO = "vmdock-test/machine"  # stands for vmdock/machine in these tests
+STALE_MACHINE_REF = f"{MACHINE_REPO}:stale-{RUN}"
 LAB_IMAGE_REF = f"vmdock-test/lab-{LAB}:{RUN}"
 TEST_ROLE = "vmdock.role=vmdock-test-machine-image"  # only the test's machine image carries it
 CLOSED_PROBE = "http://127.0.0.1:9/v2/"  # the discard port on loopback: nothing listens
@@ -78,7 +79,8 @@ def _tiny_image(ref: str, *labels: str) -> None:
 
 
 def _remove_test_images() -> None:
-    for ref in (MACHINE_REF, LAB_IMAGE_REF, NEEDS_REF):
+    refs = [r for r in vmdock_test_images() if r.startswith(("vmdock-test/machine:", "vmdock-test/lab-"))]
+    for ref in [*refs, NEEDS_REF]:
         docker("rmi", "-f", ref, check=False)
 
 
@@ -107,18 +109,22 @@ def teacher(tmp_path_factory):
         "box.img": os.urandom(1 << 20),
     }))
     (cache / "boxes" / f"{BOX}.json").write_text(json.dumps({"name": "vmdock-test/box", "provider": "libvirt"}))
-    _tiny_image(MACHINE_REF, TEST_ROLE, "vmdock.mirror=http://mirror.test/debian")
-    _tiny_image(LAB_IMAGE_REF, f"vmdock.lab-image.lab={LAB}")
-    _tiny_image(NEEDS_REF)
-    ids = {ref: docker("image", "inspect", "--format", "{{.Id}}", ref).stdout.decode().strip()
-           for ref in (MACHINE_REF, LAB_IMAGE_REF)}
     path = tmp / "class.vmdock"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VMDOCK_HOME", str(tmp / "home"))
         mp.setenv("VMDOCK_CACHE", str(cache))
-        mp.delenv("VMDOCK_IMAGES_DIR", raising=False)
+        for name in ("VMDOCK_IMAGES_DIR", "VMDOCK_APT_MIRROR"):
+            mp.delenv(name, raising=False)
         mp.setattr(images, "ROLE_LABEL", TEST_ROLE)
-        images.rootfs_meta(cache / ROOTFS)  # the sidecar vmdock writes beside a rootfs
+        mp.setattr(images, "MACHINE_IMAGE_REPO", MACHINE_REPO)
+        # the machine image `vmdock up` would use with this rootfs, and an older one left out
+        machine_ref = images.machine_image_tag(cache / ROOTFS, images.apt_mirror())
+        _tiny_image(machine_ref, TEST_ROLE, "vmdock.mirror=http://mirror.test/debian")
+        _tiny_image(STALE_MACHINE_REF, TEST_ROLE)
+        _tiny_image(LAB_IMAGE_REF, f"vmdock.lab-image.lab={LAB}")
+        _tiny_image(NEEDS_REF)
+        ids = {ref: docker("image", "inspect", "--format", "{{.Id}}", ref).stdout.decode().strip()
+               for ref in (machine_ref, LAB_IMAGE_REF)}
         assert cli.main(["--labs-dir", str(LABS), "bundle", "export", str(path), LAB]) == 0
     try:
         yield path, ids
@@ -159,6 +165,7 @@ def test_export_carries_images_caches_and_needs(teacher, capsys):
     assert kinds["rootfs"].target == ROOTFS and kinds["rootfs"].compression == "none"
     assert kinds["box"].meta["name"] == "vmdock-test/box" and kinds["box"].compression == "zstd"
     assert [r.ref for r in kinds["image-tarball"].images] == [NEEDS_REF]
+    assert any(n.startswith("left out 1 other machine images") and STALE_MACHINE_REF in n for n in m.notes)
     (lab,) = m.labs
     assert lab.name == LAB and lab.lab_images == [LAB_IMAGE_REF] and lab.needs_images == [NEEDS_REF]
     assert len(lab.fingerprint) == 64 and m.format_version == 1

@@ -106,15 +106,32 @@ def _needs_sources(loaded: LoadedLab, entry: LabEntry, index: dict[str, Path], d
     return out
 
 
+def _machine_images(log: Log, settings: Settings, notes: list[str]) -> list[ImageRef]:
+    """The machine image `vmdock up` would use here (its tag covers the rootfs and the mirror), else every one."""
+    found = _docker_images(log, f"label={images.ROLE_LABEL}")
+    if not found:
+        notes.append("no docker-provider machine image here (`vmdock box build --provider docker` makes it)")
+        return []
+    rootfs = images.rootfs_path()
+    current = images.machine_image_tag(rootfs, images.apt_mirror(settings.apt_mirror)) if rootfs.is_file() else None
+    chosen = [r for r in found if r.ref == current]
+    if not chosen:
+        notes.append(f"none of the {len(found)} machine images here is the one this vmdock builds from "
+                     f"{rootfs.name} (tag {current or '?'}): all are bundled")
+        return found
+    if len(found) > len(chosen):
+        notes.append(f"left out {len(found) - len(chosen)} other machine images "
+                     f"({', '.join(r.ref for r in found if r not in chosen)})")
+    return chosen
+
+
 def plan(labs: list[LoadedLab], settings: Settings, log: Log) -> Plan:
     """Every member the bundle for ``labs`` gets, and notes on what is not there."""
     notes: list[str] = []
     docker_ok, detail = providers.docker_daemon()
     host: list[ImageRef] = []
     if docker_ok:
-        host = _docker_images(log, f"label={images.ROLE_LABEL}")
-        if not host:
-            notes.append("no docker-provider machine image here (`vmdock box build --provider docker` makes it)")
+        host = _machine_images(log, settings, notes)
     else:
         notes.append(f"dockerd is not reachable ({detail}): no docker images in the bundle")
     bundled = needs.bundle_images_dir()

@@ -57,12 +57,14 @@ def docker(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", *args], check=True, capture_output=True, text=True, **kw)
 
 
-def machine_image() -> str:
+def machine_image(rootfs: Path) -> str:
+    """The machine image `vmdock up` uses with this rootfs (else any)."""
     fmt = "{{.Repository}}:{{.Tag}}"
     refs = docker("image", "ls", "--filter", f"label={images.ROLE_LABEL}", "--format", fmt).stdout.split()
     if not refs:
         sys.exit("no machine image here: `vmdock box build --provider docker` first")
-    return refs[0]
+    current = images.machine_image_tag(rootfs, images.apt_mirror()) if rootfs.is_file() else ""
+    return current if current in refs else refs[0]
 
 
 def copy_machine_image(source: str, ref: str) -> None:
@@ -143,7 +145,7 @@ def main() -> int:
     for f in list(args.from_cache.glob("rootfs-*.tar.gz*")) + list(args.from_cache.glob("boxes/*.box*")):
         shutil.copy2(f, teacher / f.relative_to(args.from_cache))
     ref = f"vmdock-bench/machine:{uuid.uuid4().hex[:8]}"
-    source = machine_image()
+    source = machine_image(teacher / images.rootfs_path().name)
     os.environ.update(VMDOCK_HOME=str(tmp / "home"), VAGRANT_HOME=str(tmp / "vagrant.d"))
     images.ROLE_LABEL = BENCH_ROLE  # the copy is the machine image of this run
     report: dict = {"labs": args.labs, "machine_image": f"{source} (bundled as a one-layer copy)", "level": args.level}

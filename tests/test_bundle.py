@@ -365,3 +365,13 @@ def test_streaming_keeps_memory_bounded(tmp_path):
     assert (tmp_path / "student" / "boxes" / BOX).stat().st_size == size
     assert path.stat().st_size > size  # stored, not shrunk
     assert max(peaks.values()) < 100, f"peak RSS in MiB: {peaks} for a {size >> 20} MiB member"
+
+
+def test_a_member_past_8_gib_keeps_a_one_block_header():
+    """The header is rewritten in place once the size is known: it must stay 512 bytes (GNU base-256 size)."""
+    from vmdock.bundle_manifest import _header
+
+    size = 10 << 30
+    buf = _header("members/docker-images.tar.zst", size)
+    assert len(buf) == tarfile.BLOCKSIZE
+    assert tarfile.TarInfo.frombuf(buf, "utf-8", "surrogateescape").size == size

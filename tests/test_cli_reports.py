@@ -224,3 +224,19 @@ def test_status_names_machine_step_and_command_of_the_last_error(long_lab, vmdoc
         "  last error: worker-two / 1 join the swarm: failed at labs/ch97/lab.yaml: steps[0].run line 3: "
         "NETWORK: unbound variable\n"
         "    command: [step1] docker swarm join (exit 1)\n")
+
+
+def test_test_interrupted_still_writes_the_report_and_keeps_the_machines(capsys, monkeypatch, tmp_path):
+    calls = []
+
+    def interrupted(self, name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Engine, "up", interrupted)
+    monkeypatch.setattr(Engine, "destroy", lambda *a, **k: calls.append("destroy") or [])
+    junit = tmp_path / "junit.xml"
+    code, _, _ = run(capsys, "--labs-dir", str(GOOD), "test", "ch91-alpha", "--destroy", "always", "--junit", str(junit))
+    assert code == 130 and calls == []
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("errors") == "4"
+    assert suite.find("testcase/error").get("message") == "interrupted (Ctrl-C) during vmdock up"

@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -199,7 +199,7 @@ def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readab
     from .engine import Lab
 
     labs, problems = discover(OPTS.labs_dirs)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for l in labs:
         state = Lab(l).state()
         rows.append(
@@ -248,19 +248,19 @@ def show(lab: str = LabArg):
         console.print("needs images: " + shown(", ".join(l.needs.images)))
     if l.sections:
         console.print("[bold]sections[/]")
-        for s in l.sections:
-            console.print(f"  {shown(s)}")
+        for section in l.sections:
+            console.print(f"  {shown(section)}")
     console.print("[bold]machines[/]")
     for m in l.machines:
         ports = ", ".join(f"{p.host_ip}:{p.host}→{p.guest}" for p in m.forwarded_ports)
-        console.print(f"  {m.name}: {shown(m.box)}, {m.cpus} cpu, {m.memory} MiB" + (f", ports {shown(ports)}" if ports else ""))
+        console.print(f"  {shown(m.name)}: {shown(m.box)}, {m.cpus} cpu, {m.memory} MiB" + (f", ports {shown(ports)}" if ports else ""))
     console.print("[bold]steps[/]")
     for i, s in enumerate(l.steps, 1):
         on = "all" if s.on == "all" else ", ".join(s.on)
-        console.print(f"  {i}. {shown(s.name)}" + (f" [dim]({shown(s.name_en)})[/]" if s.name_en else "") + f" [dim]on {on}[/]")
+        console.print(f"  {i}. {shown(s.name)}" + (f" [dim]({shown(s.name_en)})[/]" if s.name_en else "") + f" [dim]on {shown(on)}[/]")
     console.print("[bold]checks[/]")
     for c in l.checks:
-        console.print(f"  - {shown(c.name)} [dim]({c.type}, on {l.check_machine(c)})[/]")
+        console.print(f"  - {shown(c.name)} [dim]({c.type}, on {shown(l.check_machine(c))})[/]")
 
 
 @app.command()
@@ -332,12 +332,12 @@ def up(
     with events:
         result = _engine(events, provider, images_dir=str(images_dir) if images_dir else None).up(lab)
     if result.ran == 0:
-        console.print(f"[green]{result.lab} is up[/]: nothing to do, {result.skipped} steps already done ({result.seconds:.1f}s)")
+        console.print(f"[green]{shown(result.lab)} is up[/]: nothing to do, {result.skipped} steps already done ({result.seconds:.1f}s)")
     else:
         console.print(
-            f"[green]{result.lab} is up[/] ({result.provider}): {result.ran} steps run"
+            f"[green]{shown(result.lab)} is up[/] ({result.provider}): {result.ran} steps run"
             + (f", {result.skipped} already done" if result.skipped else "")
-            + f" in {result.seconds:.1f}s. Next: vmdock verify {result.lab}"
+            + f" in {result.seconds:.1f}s. Next: vmdock verify {shown(result.lab)}"
         )
 
 
@@ -446,22 +446,26 @@ def test_lab(
     loaded = resolve(lab, OPTS.labs_dirs)
     events = _events_for(as_json)
     engine = _engine(events, provider, images_dir=str(images_dir) if images_dir else None)
-    error: VmdockError | None = None
+    up_error: VmdockError | None = None
+    stage = "vmdock up"
     try:
-        with _drawing(events):
-            engine.up(loaded.name)
-    except VmdockError as exc:
-        error = exc
+        try:
+            with _drawing(events):
+                engine.up(loaded.name)
+        except VmdockError as exc:
+            up_error = exc
+        stage = "vmdock verify"
+        if up_error:
+            results, error = errored(loaded.lab, "vmdock up failed: " + _reason(up_error)), up_error
+        else:
+            with _drawing(events):
+                results, error = _run_checks(engine, loaded, None)
     except KeyboardInterrupt:  # the report still says what happened; the machines stay for a look
-        _report(loaded.name, errored(loaded.lab, "interrupted (Ctrl-C) during vmdock up"), junit, as_json, None)
+        _report(loaded.name, errored(loaded.lab, f"interrupted (Ctrl-C) during {stage}"), junit, as_json, None)
         raise
-    if error:
-        code = _report(loaded.name, errored(loaded.lab, "vmdock up failed: " + _reason(error)), junit, as_json, error)
-        code = max(code, error.exit_status)
-    else:
-        with _drawing(events):
-            results, verify_error = _run_checks(engine, loaded, None)
-        code = _report(loaded.name, results, junit, as_json, verify_error)
+    code = _report(loaded.name, results, junit, as_json, error)
+    if up_error:
+        code = max(code, up_error.exit_status)  # 4: images are missing
     if destroy_when == "always" or (destroy_when == "passing" and code == EXIT_OK):
         with _drawing(events):
             removed = engine.destroy(loaded.name, keep_image=keep_image)

@@ -123,7 +123,7 @@ def run(
     ]
     for t in threads:
         t.start()
-    if input is not None:
+    if input is not None and proc.stdin is not None:
         proc.stdin.write(input)
         proc.stdin.close()
     try:

@@ -212,7 +212,8 @@ class Transport:
                            in_stream=io.StringIO(stdin) if stdin is not None else False)
             code = res.exited
         except CommandTimedOut:
-            out.close_out(), err.close_out()
+            out.close_out()
+            err.close_out()
             self.log.command(self.machine, label, time.monotonic() - start, None)
             raise ProvisionError(
                 f"timed out after {timeout}s",
@@ -230,7 +231,8 @@ class Transport:
                 f"SSH connection failed: {exc}", lab=self.lab, machine=self.machine, step=step,
                 command=label, log=self.log.path,
             ) from None
-        out.close_out(), err.close_out()
+        out.close_out()
+        err.close_out()
         seconds = time.monotonic() - start
         self.log.command(self.machine, label, seconds, code)
         result = Result(code, "\n".join(out.lines), "\n".join(err.lines), seconds)

@@ -12,12 +12,15 @@ import shlex
 import string
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from .errors import UnreachableError, VmdockError
 from .model import CommandCheck, ContainerCheck, HttpCheck, PortCheck
 from .provision import Context, remote_lab_dir
 from .transport import Transport
+
+Judge = Callable[[int, str, str], "tuple[bool, str, str]"]  # (exit code, stdout, stderr) → (passed, expected, seen)
 
 SHOWN = 400  # characters of output kept in a result
 CONNECT_WAIT = 15  # seconds to wait for a machine's sshd before its checks are errors
@@ -57,7 +60,7 @@ def _clip(text: str) -> str:
     return text if len(text) <= SHOWN else text[: SHOWN - 20] + f"… ({len(text)} chars)"
 
 
-def _command(check: CommandCheck) -> tuple[str, callable]:
+def _command(check: CommandCheck) -> tuple[str, Judge]:
     def judge(code: int, out: str, err: str) -> tuple[bool, str, str]:
         expected = [f"exit {check.exit_code}"]
         expected += [f"stdout contains {c!r}" for c in check.contains]
@@ -82,7 +85,7 @@ def _command(check: CommandCheck) -> tuple[str, callable]:
 _HTTP_MARK = "__VMDOCK_HTTP_STATUS__"
 
 
-def _http(check: HttpCheck, env: dict[str, str] | None = None) -> tuple[str, callable]:
+def _http(check: HttpCheck, env: dict[str, str] | None = None) -> tuple[str, Judge]:
     # ${NAME} in the URL, headers, body and cacert: the lab's env, secrets and exports
     sub = (lambda text: string.Template(text).safe_substitute(env)) if env else (lambda text: text)
     # `-X HEAD` makes curl wait for a body that never comes (exit 18 or 28); --head does not
@@ -116,7 +119,7 @@ def _http(check: HttpCheck, env: dict[str, str] | None = None) -> tuple[str, cal
     return script, judge
 
 
-def _port(check: PortCheck) -> tuple[str, callable]:
+def _port(check: PortCheck) -> tuple[str, Judge]:
     script = f"timeout 5 bash -c {shlex.quote(f'exec 3<>/dev/tcp/{check.host}/{check.port}')} && echo open || echo closed"
 
     def judge(code: int, out: str, err: str) -> tuple[bool, str, str]:
@@ -127,7 +130,7 @@ def _port(check: PortCheck) -> tuple[str, callable]:
     return script, judge
 
 
-def _container(check: ContainerCheck) -> tuple[str, callable]:
+def _container(check: ContainerCheck) -> tuple[str, Judge]:
     script = f"docker inspect -f '{{{{.State.Status}}}} {{{{.State.Running}}}}' {shlex.quote(check.container)}"
 
     def judge(code: int, out: str, err: str) -> tuple[bool, str, str]:
@@ -142,7 +145,9 @@ def _container(check: ContainerCheck) -> tuple[str, callable]:
     return script, judge
 
 
-_KINDS = {"command": _command, "http": _http, "port": _port, "container": _container}
+_KINDS: dict[str, Callable[..., tuple[str, Judge]]] = {
+    "command": _command, "http": _http, "port": _port, "container": _container,
+}
 
 
 def run_check(ctx: Context, check, transport: Transport) -> CheckResult:

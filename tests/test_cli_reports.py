@@ -240,3 +240,29 @@ def test_test_interrupted_still_writes_the_report_and_keeps_the_machines(capsys,
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite.get("errors") == "4"
     assert suite.find("testcase/error").get("message") == "interrupted (Ctrl-C) during vmdock up"
+
+
+# -- vmdock ssh LAB -- CMD ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, args, command", [
+    (["ssh", "lab", "--", "docker", "ps"], ["ssh", "lab"], ["docker", "ps"]),
+    (["ssh", "lab", "m", "--", "sh", "-c", "exit 7"], ["ssh", "lab", "m"], ["sh", "-c", "exit 7"]),
+    (["-v", "--labs-dir", "ssh", "ssh", "lab", "--"], ["-v", "--labs-dir", "ssh", "ssh", "lab"], []),
+    (["ssh", "lab"], ["ssh", "lab"], None),
+    (["show", "ssh", "--", "x"], ["show", "ssh", "--", "x"], None),  # another command keeps its `--`
+])
+def test_the_words_after_double_dash_are_the_remote_command(argv, args, command):
+    assert cli._split_remote_command(argv) == (args, command)
+
+
+def test_ssh_with_nothing_after_double_dash_is_bad_input(capsys, vmdock_home):
+    LabState(path=vmdock_home / "labs" / "ch91-alpha" / "state.json", lab="ch91-alpha", phase="provisioned",
+             machines={"web": {"id": "x", "ssh": {"host": "127.0.0.1", "port": 2222, "user": "vagrant",
+                                                  "identity_files": []}}}).save()
+    code, _, err = run(capsys, "--labs-dir", str(GOOD), "ssh", "ch91-alpha", "--")
+    assert code == 2 and "nothing after `--`" in err
+
+
+def test_extra_words_without_double_dash_are_refused(capsys):
+    code, _, err = run(capsys, "--labs-dir", str(GOOD), "ssh", "ch91-alpha", "web", "docker")
+    assert code == 2 and "unexpected extra argument" in err.lower()

@@ -458,6 +458,8 @@ def test_lab(
         if up_error:
             results, error = errored(loaded.lab, "vmdock up failed: " + _reason(up_error)), up_error
         else:
+            if isinstance(events, RichEvents):
+                events.show_results = False  # the table follows
             with _drawing(events):
                 results, error = _run_checks(engine, loaded, None)
     except KeyboardInterrupt:  # the report still says what happened; the machines stay for a look

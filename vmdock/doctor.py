@@ -1,6 +1,7 @@
 """`vmdock doctor`: what this host can do, and why not."""
 from __future__ import annotations
 
+import grp
 import os
 import shutil
 import subprocess
@@ -19,18 +20,22 @@ def _kvm() -> dict:
     if not os.path.exists(dev):
         return _row("KVM", "warn", f"no /dev/kvm: libvirt VMs run with TCG (software emulation, slow){note}")
     st = os.stat(dev)
-    mode = oct(st.st_mode & 0o777)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    present = f"{dev} present, mode {st.st_mode & 0o777:04o}, group {group}"
     if not os.access(dev, os.R_OK | os.W_OK):
-        return _row("KVM", "warn", f"{dev} ({mode}) is not readable and writable by this user: add it to group kvm "
+        return _row("KVM", "warn", f"{present}: not readable and writable by this user: add it to group kvm "
                     f"(libvirt VMs fall back to TCG){note}")
     hint = ""
     if st.st_mode & 0o060 == 0:
-        hint = f"; {dev} is {mode}: libvirt re-probes qemu on every lookup — `chgrp kvm {dev}; chmod 0660 {dev}` (host-setup.sh --libvirt does)"
+        hint = f"; with no group access libvirt re-probes qemu on every lookup — `chgrp kvm {dev}; chmod 0660 {dev}` (host-setup.sh --libvirt does)"
     usable, why = providers.kvm_probe()
     if not usable:
-        return _row("KVM", "warn", f"{dev} present ({mode}) but KVM is unusable: {why}; libvirt machines use the qemu driver "
+        return _row("KVM", "warn", f"{present}: KVM is unusable: {why}; libvirt machines use the qemu driver "
                     f"(TCG, slow){hint}{note}")
-    return _row("KVM", "warn" if hint else "ok", f"{dev} present ({mode}), usable: {why}{hint}{note}")
+    return _row("KVM", "warn" if hint else "ok", f"{present}; usable: {why}{hint}{note}")
 
 
 def _libvirt() -> list[dict]:

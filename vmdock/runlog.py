@@ -24,14 +24,36 @@ def quote(cmd: Sequence[str] | str) -> str:
     return cmd if isinstance(cmd, str) else shlex.join(str(c) for c in cmd)
 
 
+MASK = "***"
+#: secrets shorter than this are not masked (masking "ab" would garble every log line)
+MASK_MIN = 4
+
+
 class Log:
-    """An append-only log file, safe to share between threads."""
+    """An append-only log file, safe to share between threads.
+
+    Secret values registered with ``add_secrets`` never reach the file: every
+    line written is masked, and ``mask`` does the same for text shown
+    elsewhere (``-v`` output, the stderr tail of an error, a check's output).
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._secrets: tuple[str, ...] = ()
+
+    def add_secrets(self, values: Iterable[str]) -> None:
+        with self._lock:
+            known = set(self._secrets) | {v for v in values if len(v) >= MASK_MIN}
+            self._secrets = tuple(sorted(known, key=len, reverse=True))  # a secret inside another: longest first
+
+    def mask(self, text: str) -> str:
+        for value in self._secrets:
+            text = text.replace(value, MASK)
+        return text
 
     def write(self, text: str) -> None:
+        text = self.mask(text)
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock, open(self.path, "a", encoding="utf-8") as fh:
@@ -93,7 +115,7 @@ def run(
             sink.append(line)
             log.write(f"    {prefix}{line}")
             if on_line:
-                on_line(line)
+                on_line(log.mask(line))
 
     threads = [
         threading.Thread(target=pump, args=(proc.stdout, out_lines, ""), daemon=True),
@@ -101,7 +123,7 @@ def run(
     ]
     for t in threads:
         t.start()
-    if input is not None:
+    if input is not None and proc.stdin is not None:
         proc.stdin.write(input)
         proc.stdin.close()
     try:
@@ -114,8 +136,8 @@ def run(
         log.command(where, text, time.monotonic() - start, None)
         raise CommandError(
             error_message or f"timed out after {timeout:.0f}s",
-            command=text,
-            stderr_tail=tail("\n".join(err_tail)),
+            command=log.mask(text),
+            stderr_tail=log.mask(tail("\n".join(err_tail))),
             log=log.path,
         )
     except BaseException:  # Ctrl-C: do not leave the child behind
@@ -132,9 +154,9 @@ def run(
     if code != 0 and check:
         raise CommandError(
             error_message or f"{Path(str(cmd[0])).name} failed",
-            command=text,
+            command=log.mask(text),
             exit_code=code,
-            stderr_tail=tail(stderr or stdout),
+            stderr_tail=log.mask(tail(stderr or stdout)),
             log=log.path,
         )
     return subprocess.CompletedProcess(list(map(str, cmd)), code, stdout, stderr)

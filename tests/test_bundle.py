@@ -329,7 +329,7 @@ def test_a_failed_docker_load_leaves_no_file_and_no_image(student, tmp_path, cap
         w.add(MANIFEST, "none", lambda s: s.write(data))
         w.close()
     code, _, err = run(capsys, "bundle", "import", str(path))
-    assert code == 1 and "docker load failed" in err, err
+    assert code == 3 and "docker load failed" in err, err
     assert not (student / ROOTFS).exists() and not list(student.glob(".bundle-import.*"))
     assert vmdock_test_images() == {}
 

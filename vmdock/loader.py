@@ -124,6 +124,10 @@ def _construct_mapping(loader, node, deep=False):
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":
             continue  # `<<: *defaults`: merged keys may be overridden
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a {key_node.id} as a key is not allowed", key_node.start_mark
+            )
         key = loader.construct_object(key_node, deep=deep)
         if not isinstance(key, str):
             raise yaml.constructor.ConstructorError(
@@ -169,7 +173,7 @@ def format_loc(loc: tuple) -> str:
             out += f"[{part}]"
         elif isinstance(prev, int) and part in _CHECK_TAGS and out.startswith("checks"):
             pass  # pydantic names the union member; the user wrote `type:` already
-        elif isinstance(part, str) and ("[" in part or part.startswith("function-")):
+        elif isinstance(part, str) and _UNION_MEMBER.match(part):
             pass  # pydantic's name of a union member (`list[constrained-str]`, `literal['all']`)
         else:
             out += ("." if out else "") + _key(part)
@@ -186,6 +190,7 @@ def _key(part) -> str:
 
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+_UNION_MEMBER = re.compile(r"^(?:[a-z][a-z-]*\[.*\]|function-.*)$")
 
 
 def _messages(exc: ValidationError) -> list[str]:
@@ -315,6 +320,10 @@ def _read(folder: Path, shown: str) -> str:
 def _parse(text: str, shown: str, lab: str):
     try:
         return yaml.load(text, Loader=_LabLoader)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow in a file
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise LabError(f"{shown}:{line}:{column}: invalid YAML: character {chr(exc.character)!r} is not allowed", lab=lab) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

@@ -124,7 +124,7 @@ def _known_box(value: str) -> str:
 class ForwardedPort(Strict):
     guest: Port
     host: Port
-    host_ip: Annotated[str, Field(max_length=64), _ONE_LINE, AfterValidator(_ip_address)] = Field(
+    host_ip: Annotated[str, Field(max_length=64), AfterValidator(_ip_address)] = Field(
         "127.0.0.1", description="address on the host; 127.0.0.1 unless the lab must be reachable from elsewhere"
     )
     protocol: Literal["tcp", "udp"] = "tcp"

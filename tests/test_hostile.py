@@ -9,7 +9,7 @@ answer within TIME_LIMIT seconds and a peak resident size under RSS_LIMIT.
 from __future__ import annotations
 
 import os
-import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +23,7 @@ pytestmark = pytest.mark.usefixtures("vmdock_home", "no_shipped_labs")
 TIME_LIMIT = 10.0  # seconds; a good lab answers in about 1 s (CLI start-up), this machine is shared
 RSS_LIMIT = 200 * 2**20  # peak resident bytes
 ADDRESS_SPACE = 1 << 30  # hard cap: a regression fails with MemoryError instead of eating the machine
+PRLIMIT = shutil.which("prlimit") or "prlimit"  # util-linux
 HEAD = "chapter: 5\ntitle: T\n"
 MACHINE = "machines: [{name: web}]\n"
 
@@ -36,17 +37,19 @@ class Run:
     max_rss: int  # bytes
 
 
-def _cap_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
-
-
 def vmdock(cwd: Path, *args: str) -> Run:
-    """The real CLI in a subprocess; its own peak RSS comes from wait4()."""
+    """The real CLI in a subprocess."""
+    return run_capped(cwd, sys.executable, "-m", "vmdock", *args)
+
+
+def run_capped(cwd: Path, *argv: str) -> Run:
+    """A command under the address-space cap; its own peak RSS comes from wait4()."""
     out, err = cwd / ".stdout", cwd / ".stderr"
     start = time.monotonic()
     with open(out, "wb") as fo, open(err, "wb") as fe:
-        proc = subprocess.Popen([sys.executable, "-m", "vmdock", *args], cwd=cwd, stdin=subprocess.DEVNULL,
-                                stdout=fo, stderr=fe, preexec_fn=_cap_memory)
+        # prlimit execs vmdock in its own process: wait4() below reports vmdock's peak
+        proc = subprocess.Popen([PRLIMIT, f"--as={ADDRESS_SPACE}", *argv], cwd=cwd,
+                                stdin=subprocess.DEVNULL, stdout=fo, stderr=fe)
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
@@ -54,7 +57,7 @@ def vmdock(cwd: Path, *args: str) -> Run:
         if time.monotonic() - start > 3 * TIME_LIMIT:
             proc.kill()
             os.wait4(proc.pid, 0)
-            pytest.fail(f"vmdock {' '.join(args)} still running after {3 * TIME_LIMIT:.0f} s")
+            pytest.fail(f"{' '.join(argv)} still running after {3 * TIME_LIMIT:.0f} s")
         time.sleep(0.02)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return Run(proc.returncode, out.read_text("utf-8", "replace"), err.read_text("utf-8", "replace"),
@@ -98,6 +101,14 @@ def write_lab(labs: Path, name: str, body: str) -> Path:
 
 def machines(*entries: str) -> str:
     return "machines:\n" + "".join(f"  - {e}\n" for e in entries)
+
+
+def test_the_harness_measures_memory_and_caps_it(tmp_path):
+    grow = "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"
+    run = run_capped(tmp_path, sys.executable, "-c", grow)
+    assert run.code == 0 and run.max_rss > RSS_LIMIT
+    run = run_capped(tmp_path, sys.executable, "-c", "bytearray(2 * 2**30)")
+    assert run.code == 1 and "MemoryError" in run.stderr
 
 
 # -- size, depth, nodes, aliases: refused before the YAML gets far -------------------------

@@ -190,7 +190,7 @@ def _key(part) -> str:
 
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
-_UNION_MEMBER = re.compile(r"^(?:[a-z][a-z-]*\[.*\]|function-.*)$")
+_UNION_MEMBER = re.compile(r"^(?:list\[|literal\[|dict\[|function-)")  # pydantic's names of a union's members
 
 
 def _messages(exc: ValidationError) -> list[str]:
@@ -231,7 +231,7 @@ def _messages(exc: ValidationError) -> list[str]:
 
 def _file_errors(raw: dict, folder: Path) -> list[str]:
     """Files named by steps must exist inside the lab folder."""
-    errors = []
+    errors: list[str] = []
     steps = raw.get("steps") if isinstance(raw, dict) else None
     if not isinstance(steps, list):
         return errors
@@ -273,6 +273,7 @@ def load_lab(folder: Path) -> LoadedLab:
         if len(errors) > MAX_ERRORS:
             errors = errors[:MAX_ERRORS] + [f"and {len(errors) - MAX_ERRORS} more errors"]
         raise LabError("\n".join(f"{shown}: {e}" for e in errors), lab=folder.name)
+    assert lab is not None  # no errors: validated
     return LoadedLab(lab=lab, folder=folder.resolve())
 
 

@@ -294,8 +294,8 @@ def cross_ref_errors(data: dict) -> list[str]:
     errors: list[str] = []
     if not isinstance(data, dict):
         return errors
-    machines = data.get("machines") if isinstance(data.get("machines"), list) else []
-    names = [m.get("name") for m in machines if isinstance(m, dict) and isinstance(m.get("name"), str)]
+    machines = _items(data, "machines")
+    names = [m["name"] for m in machines if isinstance(m, dict) and isinstance(m.get("name"), str)]
     seen: set[str] = set()
     for i, m in enumerate(machines):
         n = m.get("name") if isinstance(m, dict) else None
@@ -305,7 +305,7 @@ def cross_ref_errors(data: dict) -> list[str]:
             seen.add(n)
     shown = [n for n in names if re.match(NAME_RE, n)]
     known = ", ".join(shown[:MAX_MACHINES]) + (", …" if len(shown) > MAX_MACHINES else "") or "none"
-    for i, step in enumerate(data.get("steps") if isinstance(data.get("steps"), list) else []):
+    for i, step in enumerate(_items(data, "steps")):
         on = step.get("on", "all") if isinstance(step, dict) else "all"
         if isinstance(on, str) and on != "all":
             on = [on]
@@ -313,16 +313,21 @@ def cross_ref_errors(data: dict) -> list[str]:
             for j, target in enumerate(on):
                 if isinstance(target, str) and target not in seen:
                     errors.append(f"steps[{i}].on[{j}]: unknown machine {target!r} (machines: {known})")
-    for i, check in enumerate(data.get("checks") if isinstance(data.get("checks"), list) else []):
+    for i, check in enumerate(_items(data, "checks")):
         on = check.get("on") if isinstance(check, dict) else None
         if isinstance(on, str) and on not in seen:
             errors.append(f"checks[{i}].on: unknown machine {on!r} (machines: {known})")
-    secrets = data.get("secrets") if isinstance(data.get("secrets"), list) else []
-    env = data.get("env") if isinstance(data.get("env"), dict) else {}
-    clash = sorted(str(x) for x in {s for s in secrets if isinstance(s, str)} & set(env))
+    env = data.get("env")
+    clash = sorted(str(x) for x in {s for s in _items(data, "secrets") if isinstance(s, str)} & set(env if isinstance(env, dict) else {}))
     if clash:
         errors.append(f"secrets: {clash} also set in env")
     return errors + _forwarding_errors(machines)
+
+
+def _items(data: dict, key: str) -> list:
+    """``data[key]`` when it is a list (raw YAML may hold anything there)."""
+    value = data.get(key)
+    return value if isinstance(value, list) else []
 
 
 def _forwarding_errors(machines: list) -> list[str]:
@@ -335,9 +340,8 @@ def _forwarding_errors(machines: list) -> list[str]:
     errors: list[str] = []
     taken: dict[tuple[int, str], dict[str, str]] = {}  # (host port, protocol) → {address: where}
     for i, m in enumerate(machines):
-        forwards = m.get("forwarded_ports") if isinstance(m, dict) else None
         guests: dict[tuple[int, str], str] = {}
-        for j, fwd in enumerate(forwards if isinstance(forwards, list) else []):
+        for j, fwd in enumerate(_items(m, "forwarded_ports") if isinstance(m, dict) else []):
             if not isinstance(fwd, dict):
                 continue
             where = f"machines[{i}].forwarded_ports[{j}]"
@@ -345,12 +349,12 @@ def _forwarding_errors(machines: list) -> list[str]:
             protocol, guest, host = fwd.get("protocol", "tcp"), fwd.get("guest"), fwd.get("host")
             if not isinstance(protocol, str):
                 continue
-            if _is_port(guest):
+            if isinstance(guest, int) and _is_port(guest):
                 if (guest, protocol) in guests:
                     errors.append(f"{where}.guest: guest port {guest}/{protocol} is already forwarded by {guests[guest, protocol]}")
                 guests.setdefault((guest, protocol), label)
             address = _address_or_none(fwd.get("host_ip", "127.0.0.1"))
-            if not _is_port(host) or address is None:
+            if not (isinstance(host, int) and _is_port(host)) or address is None:
                 continue
             users = taken.setdefault((host, protocol), {})
             other = users.get(address) or users.get("*") or (next(iter(users.values())) if address == "*" and users else None)

@@ -58,16 +58,16 @@ class _LimitError(yaml.MarkedYAMLError):
     """A lab.yaml that is valid YAML but too big or too deep to read."""
 
 
-class _LabLoader(yaml.SafeLoader):
-    """SafeLoader for files vmdock does not control.
+class _Bounded:
+    """What makes a safe YAML loader fit for files vmdock does not control.
 
     Bounds nesting depth and the number of nodes while composing (so neither
     deep nesting nor "billion laughs" aliases get far), refuses aliases that
-    contain themselves, keys that are not strings and duplicate keys.
+    contain themselves, keys that are not strings and duplicate keys.  Mixed
+    into a loader before its Composer and Constructor.
     """
 
-    def __init__(self, stream):
-        super().__init__(stream)
+    def _start_bounds(self) -> None:
         self._depth = 0  # of the node being composed
         self._reach = 0  # deepest level reached inside it
         self._nodes = 0  # composed so far, an alias counting as the nodes it repeats
@@ -150,6 +150,14 @@ def _construct_int(loader, node):
     return loader.construct_yaml_int(node)
 
 
+class _LabLoader(_Bounded, yaml.SafeLoader):
+    """The pure-Python loader: its error messages say most (``found character '\\t'…``)."""
+
+    def __init__(self, stream):
+        yaml.SafeLoader.__init__(self, stream)
+        self._start_bounds()
+
+
 _LabLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _LabLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
@@ -163,6 +171,23 @@ _LabLoader.yaml_implicit_resolvers = {
 _LabLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
+
+_FastLabLoader: type | None = None
+if yaml.__with_libyaml__:
+    from yaml.cyaml import CParser
+
+    class _FastLabLoader(_Bounded, yaml.composer.Composer, CParser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):  # type: ignore[no-redef]
+        """libyaml scans and parses (40 times faster on a large file); composing stays bounded Python."""
+
+        yaml_constructors = _LabLoader.yaml_constructors
+        yaml_implicit_resolvers = _LabLoader.yaml_implicit_resolvers
+
+        def __init__(self, stream):
+            CParser.__init__(self, stream)
+            yaml.composer.Composer.__init__(self)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+            self._start_bounds()
 
 
 def format_loc(loc: tuple) -> str:
@@ -320,7 +345,12 @@ def _read(folder: Path, shown: str) -> str:
 
 def _parse(text: str, shown: str, lab: str):
     try:
-        return yaml.load(text, Loader=_LabLoader)
+        if _FastLabLoader is None:
+            return yaml.load(text, Loader=_LabLoader)
+        try:
+            return yaml.load(text, Loader=_FastLabLoader)
+        except (yaml.reader.ReaderError, yaml.scanner.ScannerError, yaml.parser.ParserError):
+            return yaml.load(text, Loader=_LabLoader)  # says what and where in its own, clearer words
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow in a file
         line = text.count("\n", 0, exc.position) + 1
         column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1

@@ -228,13 +228,14 @@ def test_long_run_script(labs):
     )
 
 
-@pytest.mark.parametrize("command", ["show", "render"])
-def test_box_outside_the_catalog(labs, command):
+@pytest.mark.parametrize("command", ["show", "render", "up"])
+def test_box_outside_the_catalog(labs, command, vmdock_home):
     write_lab(labs, "ch5-box", HEAD + machines("{name: web, box: ../../../../etc/passwd}"))
     assert first_line(labs, "ch5-box", command=command) == (
         "error: labs/ch5-box/lab.yaml: machines[0].box: unknown box '../../../../etc/passwd' "
         "(boxes: debian12, ubuntu2204, ubuntu2404)"
     )
+    assert not (vmdock_home / "labs" / "ch5-box").exists()  # nothing half-written
 
 
 @pytest.mark.parametrize("command", ["show", "render"])
@@ -255,8 +256,8 @@ def test_host_ip_must_be_an_address(labs, command, host_ip, shown):
     )
 
 
-@pytest.mark.parametrize("command", ["show", "render"])
-def test_one_host_port_forwarded_by_two_machines(labs, command):
+@pytest.mark.parametrize("command", ["show", "render", "up"])
+def test_one_host_port_forwarded_by_two_machines(labs, command, vmdock_home):
     write_lab(labs, "ch5-ports", HEAD + machines(
         "{name: web, forwarded_ports: [{guest: 80, host: 18081}]}",
         "{name: db, forwarded_ports: [{guest: 8080, host: 18081}]}",
@@ -265,6 +266,7 @@ def test_one_host_port_forwarded_by_two_machines(labs, command):
         "error: labs/ch5-ports/lab.yaml: machines[1].forwarded_ports[0].host: "
         "host port 18081/tcp is already forwarded by machines[0].forwarded_ports[0] (web)"
     )
+    assert not (vmdock_home / "labs" / "ch5-ports").exists()  # nothing half-written
 
 
 def test_every_address_clashes_with_one_address(labs):

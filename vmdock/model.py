@@ -132,7 +132,7 @@ class ForwardedPort(Strict):
 
 class Machine(Strict):
     name: Name
-    box: Annotated[str, Field(max_length=64), _ONE_LINE, AfterValidator(_known_box)] = Field(
+    box: Annotated[str, Field(max_length=64), AfterValidator(_known_box)] = Field(
         "debian12", description="a base box name from boxes/boxes.yaml"
     )
     cpus: int = Field(1, ge=1, le=64)

@@ -121,7 +121,9 @@ def test_deep_nesting(labs):
 def test_deep_nesting_of_mappings(labs):
     text = "".join("  " * i + f"k{i}:\n" for i in range(200))
     (lab_folder(labs, "ch5-deepmap") / "lab.yaml").write_text(text)
-    assert first_line(labs, "ch5-deepmap") == "error: labs/ch5-deepmap/lab.yaml:64:127: k0: nested more than 64 levels deep"
+    assert first_line(labs, "ch5-deepmap") == (
+        "error: labs/ch5-deepmap/lab.yaml:64:127: k0: nested more than 64 levels deep"
+    )
 
 
 def test_ten_megabytes_of_unknown_keys(labs):
@@ -140,7 +142,9 @@ def test_many_errors_are_cut_at_fifty(labs):
 
 def test_too_many_nodes(labs):
     write_lab(labs, "ch5-nodes", HEAD + "sections: [" + ", ".join(["s"] * 300_000) + "]\n")
-    assert first_line(labs, "ch5-nodes") == "error: labs/ch5-nodes/lab.yaml:4:59985: sections: more than 20000 YAML nodes"
+    assert first_line(labs, "ch5-nodes") == (
+        "error: labs/ch5-nodes/lab.yaml:4:59985: sections: more than 20000 YAML nodes"
+    )
 
 
 def test_billion_laughs(labs):
@@ -168,7 +172,8 @@ def test_alias_inside_itself(labs):
 
 
 def test_a_few_aliases_are_fine(labs):
-    write_lab(labs, "ch5-anchors", HEAD + "sections: &s [a, b]\nmachines: [{name: web, box: &box debian12}, {name: db, box: *box}]\n")
+    write_lab(labs, "ch5-anchors", HEAD + "sections: &s [a, b]\n"
+              "machines: [{name: web, box: &box debian12}, {name: db, box: *box}]\n")
     run = vmdock(labs.parent, "--labs-dir", "labs", "show", "ch5-anchors")
     assert run.code == 0, run.stderr
     assert "web: debian12" in run.stdout and "db: debian12" in run.stdout
@@ -187,7 +192,8 @@ def test_fourteen_machines(labs, command):
     if command == "list":
         run = vmdock(labs.parent, "--labs-dir", "labs", "list")
         assert run.code == 2 and "Traceback" not in run.stderr
-        assert "broken lab labs/ch5-fourteen/lab.yaml: machines: at most 13 machines fit a lab's network, not 14" in run.stderr
+        line = "broken lab labs/ch5-fourteen/lab.yaml: machines: at most 13 machines fit a lab's network, not 14"
+        assert line in run.stderr
         return
     assert first_line(labs, "ch5-fourteen", command=command) == (
         "error: labs/ch5-fourteen/lab.yaml: machines: at most 13 machines fit a lab's network, not 14"
@@ -249,7 +255,8 @@ def test_box_outside_the_catalog(labs, command, vmdock_home):
     ],
 )
 def test_host_ip_must_be_an_address(labs, command, host_ip, shown):
-    write_lab(labs, "ch5-ip", HEAD + machines(f"{{name: web, forwarded_ports: [{{guest: 80, host: 8080, host_ip: {host_ip}}}]}}"))
+    port = f"{{guest: 80, host: 8080, host_ip: {host_ip}}}"
+    write_lab(labs, "ch5-ip", HEAD + machines(f"{{name: web, forwarded_ports: [{port}]}}"))
     assert first_line(labs, "ch5-ip", command=command) == (
         f"error: labs/ch5-ip/lab.yaml: machines[0].forwarded_ports[0].host_ip: {shown} is not an IP address "
         "(e.g. 127.0.0.1, or 0.0.0.0 for every address)"
@@ -295,7 +302,8 @@ def test_guest_ports(labs, port, message):
 
 
 def test_one_guest_port_forwarded_twice_on_a_machine(labs):
-    write_lab(labs, "ch5-guest2", HEAD + machines("{name: web, forwarded_ports: [{guest: 80, host: 8080}, {guest: 80, host: 8081}]}"))
+    ports = "[{guest: 80, host: 8080}, {guest: 80, host: 8081}]"
+    write_lab(labs, "ch5-guest2", HEAD + machines(f"{{name: web, forwarded_ports: {ports}}}"))
     assert first_line(labs, "ch5-guest2") == (
         "error: labs/ch5-guest2/lab.yaml: machines[0].forwarded_ports[1].guest: "
         "guest port 80/tcp is already forwarded by machines[0].forwarded_ports[0] (web)"
@@ -309,8 +317,10 @@ def test_one_guest_port_forwarded_twice_on_a_machine(labs):
     [
         ('title: "\\e[2J\\e[31mpwned"', "title: one line of text must not contain '\\x1b' (character 1)"),
         ('title: "two\\nlines"', "title: one line of text must not contain '\\n' (character 4)"),
-        ('title: "T"\nsections: ["a\\u202eb"]', "sections[0]: one line of text must not contain '\\u202e' (character 2)"),
-        ('title: "T"\ndescription: "x\\ud800"', "description: Input should be a valid string, unable to parse raw data as a unicode string"),
+        ('title: "T"\nsections: ["a\\u202eb"]',
+         "sections[0]: one line of text must not contain '\\u202e' (character 2)"),
+        ('title: "T"\ndescription: "x\\ud800"',
+         "description: Input should be a valid string, unable to parse raw data as a unicode string"),
         ('title: "T"\ndescription: "bell\\a"', "description: text must not contain '\\x07' (character 5)"),
     ],
 )
@@ -373,7 +383,9 @@ def test_lab_yaml_is_a_fifo(labs):
 
 def test_lab_yaml_is_a_symlink_loop(labs):
     (lab_folder(labs, "ch5-loop") / "lab.yaml").symlink_to("lab.yaml")
-    assert first_line(labs, "ch5-loop") == "error: labs/ch5-loop/lab.yaml: cannot read: Too many levels of symbolic links"
+    assert first_line(labs, "ch5-loop") == (
+        "error: labs/ch5-loop/lab.yaml: cannot read: Too many levels of symbolic links"
+    )
 
 
 def test_lab_yaml_is_a_dangling_link(labs):
@@ -411,9 +423,12 @@ def test_list_reports_every_kind_of_broken_file(labs):
         ("null: x", "3:1: invalid YAML: key None is not a string (quote it)"),
         ("? [a, b]\n: x", "3:3: invalid YAML: a sequence as a key is not allowed"),
         ("title: again", "3:1: invalid YAML: duplicate key 'title'"),
-        ("x: !!python/object/apply:os.system [touch /tmp/pwned]", "3:4: invalid YAML: could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply:os.system'"),
+        ("x: !!python/object/apply:os.system [touch /tmp/pwned]",
+         "3:4: invalid YAML: could not determine a constructor for the tag "
+         "'tag:yaml.org,2002:python/object/apply:os.system'"),
         ("x: " + "9" * 5000, "3:4: invalid YAML: number 99999999999999999999… is longer than 64 characters"),
-        ("x: " + ":".join(["1"] * 50_000), "3:4: invalid YAML: number 1:1:1:1:1:1:1:1:1:1:… is longer than 64 characters"),
+        ("x: " + ":".join(["1"] * 50_000),
+         "3:4: invalid YAML: number 1:1:1:1:1:1:1:1:1:1:… is longer than 64 characters"),
         ("x: 2026-13-45", "3:4: invalid YAML: '2026-13-45': month must be in 1..12"),
     ],
 )

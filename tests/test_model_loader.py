@@ -311,7 +311,8 @@ def test_step_files_must_exist_inside_the_lab_folder(labs, tmp_path):
 
 @pytest.mark.parametrize("rel", ["/etc/passwd", "a\\b", ""])
 def test_schema_refuses_absolute_backslash_and_empty_paths(labs, rel):
-    folder = make_lab(labs, "ch5-abs", HEAD + f"machines: [{{name: web}}]\nsteps:\n  - {{name: s, run: x, files: [{rel!r}]}}\n")
+    step = f"{{name: s, run: x, files: [{rel!r}]}}"
+    folder = make_lab(labs, "ch5-abs", HEAD + f"machines: [{{name: web}}]\nsteps:\n  - {step}\n")
     errs = field_errors(errors_of(folder), "ch5-abs/lab.yaml")
     assert "must be a relative path inside the lab folder" in errs["steps[0].files"]
 
@@ -389,7 +390,7 @@ def test_path_outside_cwd_is_shown_whole(tmp_path, monkeypatch):
 def test_a_broken_lab_does_not_hide_the_others(monkeypatch):
     monkeypatch.setenv("VMDOCK_LABS", str(BROKEN))
     labs, problems = loader.discover()
-    assert [l.name for l in labs] == ["ch94-fine"]
+    assert [loaded.name for loaded in labs] == ["ch94-fine"]
     assert [p.folder.name for p in problems] == ["ch93-broken"]
     assert "machines[1].memory" in str(problems[0].error)
 
@@ -397,7 +398,7 @@ def test_a_broken_lab_does_not_hide_the_others(monkeypatch):
 def test_vmdock_labs_holds_several_folders_sorted_by_chapter(monkeypatch):
     monkeypatch.setenv("VMDOCK_LABS", os.pathsep.join([str(AMBIGUOUS), "", str(GOOD)]))
     labs, problems = loader.discover()
-    assert [l.name for l in labs] == ["ch91-alpha", "ch92-beta", "ch95-one", "ch95-two"]
+    assert [loaded.name for loaded in labs] == ["ch91-alpha", "ch92-beta", "ch95-one", "ch95-two"]
     assert problems == []
 
 
@@ -406,7 +407,7 @@ def test_labs_dir_comes_before_vmdock_labs(tmp_path, monkeypatch):
     make_lab(first, "ch92-beta", "chapter: 92\ntitle: the override\nmachines: [{name: solo}]\n")
     monkeypatch.setenv("VMDOCK_LABS", str(GOOD))
     labs, _ = loader.discover([first])
-    beta = {l.name: l for l in labs}["ch92-beta"]
+    beta = {loaded.name: loaded for loaded in labs}["ch92-beta"]
     assert beta.lab.title == "the override"
     assert beta.folder == (first / "ch92-beta").resolve()
     assert loader.resolve("ch92-beta", [first]).lab.title == "the override"
@@ -421,7 +422,7 @@ def test_search_path_dedups_and_ends_with_shipped_labs(tmp_path, monkeypatch, no
 
 def test_missing_labs_folder_is_skipped(tmp_path):
     labs, _problems = loader.discover([tmp_path / "does-not-exist", GOOD])
-    assert [l.name for l in labs] == ["ch91-alpha", "ch92-beta"]
+    assert [loaded.name for loaded in labs] == ["ch91-alpha", "ch92-beta"]
 
 
 # -- resolution --------------------------------------------------------------------
@@ -531,15 +532,18 @@ def test_forwards_that_do_not_clash(forwards):
     Lab.model_validate(ports_lab(*forwards))
 
 
+FIRST = "machines[0].forwarded_ports[0] (m0x)"
+
+
 @pytest.mark.parametrize("forwards,error", [
     ([[{"guest": 80, "host": 8080}], [{"guest": 81, "host": 8080}]],
-     "machines[1].forwarded_ports[0].host: host port 8080/tcp is already forwarded by machines[0].forwarded_ports[0] (m0x)"),
+     f"machines[1].forwarded_ports[0].host: host port 8080/tcp is already forwarded by {FIRST}"),
     ([[{"guest": 80, "host": 8080, "host_ip": "0.0.0.0"}], [{"guest": 81, "host": 8080, "host_ip": "::1"}]],
-     "machines[1].forwarded_ports[0].host: host port 8080/tcp is already forwarded by machines[0].forwarded_ports[0] (m0x)"),
+     f"machines[1].forwarded_ports[0].host: host port 8080/tcp is already forwarded by {FIRST}"),
     ([[{"guest": 80, "host": 8080, "host_ip": "::1"}, {"guest": 81, "host": 8080, "host_ip": "0:0::1"}]],
-     "machines[0].forwarded_ports[1].host: host port 8080/tcp is already forwarded by machines[0].forwarded_ports[0] (m0x)"),
+     f"machines[0].forwarded_ports[1].host: host port 8080/tcp is already forwarded by {FIRST}"),
     ([[{"guest": 80, "host": 8080}, {"guest": 80, "host": 8081}]],
-     "machines[0].forwarded_ports[1].guest: guest port 80/tcp is already forwarded by machines[0].forwarded_ports[0] (m0x)"),
+     f"machines[0].forwarded_ports[1].guest: guest port 80/tcp is already forwarded by {FIRST}"),
 ])
 def test_forwards_that_clash(forwards, error):
     assert model.cross_ref_errors(ports_lab(*forwards)) == [error]
@@ -559,7 +563,8 @@ def test_port_clashes_are_found_in_raw_data_beside_other_errors(labs):
         "ch5-raw/lab.yaml: machines[0].memory: Input should be a valid integer, unable to parse string as an integer",
         "ch5-raw/lab.yaml: machines[1].forwarded_ports[1].guest: Input should be a valid integer",
         "ch5-raw/lab.yaml: machines[1].forwarded_ports[1].host: Input should be a valid integer",
-        "ch5-raw/lab.yaml: machines[1].forwarded_ports[0].host: host port 8080/tcp is already forwarded by machines[0].forwarded_ports[0] (web)",
+        "ch5-raw/lab.yaml: machines[1].forwarded_ports[0].host: "
+        "host port 8080/tcp is already forwarded by machines[0].forwarded_ports[0] (web)",
     ]
 
 
@@ -575,7 +580,8 @@ def test_boxes_come_from_the_box_list(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "BOXES_DIR", tmp_path)
     Lab.model_validate({"name": "ch5-x", "chapter": 5, "title": "T", "machines": [{"name": "web", "box": "mybox"}]})
     with pytest.raises(ValidationError, match=r"unknown box 'debian12' \(boxes: mybox\)"):
-        Lab.model_validate({"name": "ch5-x", "chapter": 5, "title": "T", "machines": [{"name": "web", "box": "debian12"}]})
+        Lab.model_validate({"name": "ch5-x", "chapter": 5, "title": "T",
+                            "machines": [{"name": "web", "box": "debian12"}]})
 
 
 @pytest.mark.parametrize("text", ["tab\there", "a\nmultiline\nscript\r\n", "中文 ✓ 🐳"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,14 +59,16 @@ class _LimitError(yaml.MarkedYAMLError):
     """A lab.yaml that is valid YAML but too big or too deep to read."""
 
 
-class _Bounded:
+class _Bounded(yaml.composer.Composer, yaml.constructor.SafeConstructor):
     """What makes a safe YAML loader fit for files vmdock does not control.
 
     Bounds nesting depth and the number of nodes while composing (so neither
     deep nesting nor "billion laughs" aliases get far), refuses aliases that
     contain themselves, keys that are not strings and duplicate keys.  Mixed
-    into a loader before its Composer and Constructor.
+    into a loader before its parser.
     """
+
+    peek_event: Callable[[], yaml.Event]  # from the parser it is mixed with
 
     def _start_bounds(self) -> None:
         self._depth = 0  # of the node being composed
@@ -80,7 +83,7 @@ class _Bounded:
     def compose_node(self, parent, index):
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent) and event.anchor in self.anchors:
-            return self._repeat(self.anchors[event.anchor], event)
+            return self._repeat(self.anchors[event.anchor], event, parent, index)
         if self._depth == 1:
             self._field = index.value if isinstance(index, yaml.ScalarNode) and _PLAIN_KEY.match(index.value) else ""
         if self._depth >= MAX_DEPTH:
@@ -99,7 +102,7 @@ class _Bounded:
         self._reach = max(outer_reach, self._reach)
         return node
 
-    def _repeat(self, node, event):
+    def _repeat(self, node, event, parent, index):
         """An alias: as costly as the node it repeats, which must be complete."""
         if id(node) not in self._measured:
             raise self._limit(f"alias *{event.anchor} refers to a node that contains it", event.start_mark)
@@ -110,7 +113,7 @@ class _Bounded:
         if self._depth + levels > MAX_DEPTH:
             raise self._limit(f"nested more than {MAX_DEPTH} levels deep once aliases are expanded", event.start_mark)
         self._reach = max(self._reach, self._depth + levels)
-        return super().compose_node(None, None)
+        return super().compose_node(parent, index)
 
     def construct_object(self, node, deep=False):
         try:
@@ -174,9 +177,9 @@ _LabLoader.add_implicit_resolver(
 
 _FastLabLoader: type | None = None
 if yaml.__with_libyaml__:
-    from yaml.cyaml import CParser
+    from yaml._yaml import CParser
 
-    class _FastLabLoader(_Bounded, yaml.composer.Composer, CParser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):  # type: ignore[no-redef]
+    class _FastLabLoader(_Bounded, CParser, yaml.resolver.Resolver):  # type: ignore[no-redef]
         """libyaml scans and parses (40 times faster on a large file); composing stays bounded Python."""
 
         yaml_constructors = _LabLoader.yaml_constructors
@@ -340,7 +343,8 @@ def _read(folder: Path, shown: str) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise LabError(f"{shown}:{line}:{column}: not UTF-8 text (byte 0x{data[exc.start]:02x})", lab=folder.name) from None
+        where = f"{shown}:{line}:{column}"
+        raise LabError(f"{where}: not UTF-8 text (byte 0x{data[exc.start]:02x})", lab=folder.name) from None
 
 
 def _parse(text: str, shown: str, lab: str):
@@ -354,7 +358,8 @@ def _parse(text: str, shown: str, lab: str):
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow in a file
         line = text.count("\n", 0, exc.position) + 1
         column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        raise LabError(f"{shown}:{line}:{column}: invalid YAML: character {chr(exc.character)!r} is not allowed", lab=lab) from None
+        problem = f"character {chr(exc.character)!r} is not allowed"
+        raise LabError(f"{shown}:{line}:{column}: invalid YAML: {problem}", lab=lab) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -424,7 +429,7 @@ def resolve(name: str, labs_dirs: list[Path] | None = None) -> LoadedLab:
     m = _CH_RE.match(name.strip())
     if m:
         chapter = int(m.group(1))
-        hits = [l for l in labs if l.lab.chapter == chapter]
+        hits = [loaded for loaded in labs if loaded.lab.chapter == chapter]
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
@@ -439,5 +444,7 @@ def resolve(name: str, labs_dirs: list[Path] | None = None) -> LoadedLab:
     for p in problems:
         if p.folder.name == name:
             raise p.error
-    known = ", ".join(l.name for l in labs) or "none"
-    raise LabError(f"unknown lab {name!r} (labs: {known})", hint="see `vmdock list`; add folders with --labs-dir or VMDOCK_LABS")
+    known = ", ".join(loaded.name for loaded in labs) or "none"
+    raise LabError(
+        f"unknown lab {name!r} (labs: {known})", hint="see `vmdock list`; add folders with --labs-dir or VMDOCK_LABS"
+    )

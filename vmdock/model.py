@@ -143,12 +143,16 @@ class Machine(Strict):
 
 
 class Step(Strict):
-    name: ShortLine = Field(..., min_length=1, description="shown in progress and `vmdock steps`, e.g. '6.1.2 构建和上传镜像'")
+    name: ShortLine = Field(
+        ..., min_length=1, description="shown in progress and `vmdock steps`, e.g. '6.1.2 构建和上传镜像'"
+    )
     name_en: ShortLine | None = None
     on: list[Name] | Literal["all"] = Field(
         "all", max_length=MAX_MACHINES, description="machines this step runs on, in order"
     )
-    run: Script = Field(..., min_length=1, description="a bash script, run as root in the lab folder inside the machine")
+    run: Script = Field(
+        ..., min_length=1, description="a bash script, run as root in the lab folder inside the machine"
+    )
     files: list[OneLine] = Field(
         [], max_length=MAX_FILES, description="lab files this step reads: a change to them re-runs the step"
     )
@@ -156,7 +160,8 @@ class Step(Strict):
     exports: list[EnvName] = Field(
         [],
         max_length=MAX_ITEMS,
-        description="values this step writes as KEY=value lines to $VMDOCK_EXPORTS; later steps and checks get them as env vars",
+        description="values this step writes as KEY=value lines to $VMDOCK_EXPORTS; "
+        "later steps and checks get them as env vars",
     )
 
     _files = field_validator("files")(lambda cls, v: [_relative_path(x) for x in v])
@@ -200,9 +205,13 @@ class CommandCheck(_Check):
 class HttpCheck(_Check):
     type: Literal["http"]
     url: OneLine = Field(
-        ..., pattern=r"^https?://", description="${NAME} is replaced by the lab's env, secrets and exports (e.g. ${VMDOCK_IP_WEB})"
+        ...,
+        pattern=r"^https?://",
+        description="${NAME} is replaced by the lab's env, secrets and exports (e.g. ${VMDOCK_IP_WEB})",
     )
-    cacert: OneLine | None = Field(None, description="CA certificate to trust, a path in the machine (relative to the lab folder)")
+    cacert: OneLine | None = Field(
+        None, description="CA certificate to trust, a path in the machine (relative to the lab folder)"
+    )
     status: int = Field(200, ge=100, le=599)
     contains: list[Snippet] = Field([], max_length=MAX_ITEMS)
     method: Literal["GET", "POST", "PUT", "DELETE", "HEAD"] = "GET"
@@ -233,7 +242,9 @@ Check = Annotated[
 class Needs(Strict):
     """What a lab needs from outside; an offline lab needs nothing."""
 
-    images: list[OneLine] = Field([], max_length=MAX_ITEMS, description="images pulled from a registry (or loaded from --images-dir)")
+    images: list[OneLine] = Field(
+        [], max_length=MAX_ITEMS, description="images pulled from a registry (or loaded from --images-dir)"
+    )
 
 
 class Lab(Strict):
@@ -318,7 +329,8 @@ def cross_ref_errors(data: dict) -> list[str]:
         if isinstance(on, str) and on not in seen:
             errors.append(f"checks[{i}].on: unknown machine {on!r} (machines: {known})")
     env = data.get("env")
-    clash = sorted(str(x) for x in {s for s in _items(data, "secrets") if isinstance(s, str)} & set(env if isinstance(env, dict) else {}))
+    secrets = {s for s in _items(data, "secrets") if isinstance(s, str)}
+    clash = sorted(str(x) for x in secrets & set(env if isinstance(env, dict) else {}))
     if clash:
         errors.append(f"secrets: {clash} also set in env")
     return errors + _forwarding_errors(machines)
@@ -345,19 +357,23 @@ def _forwarding_errors(machines: list) -> list[str]:
             if not isinstance(fwd, dict):
                 continue
             where = f"machines[{i}].forwarded_ports[{j}]"
-            label = where + (f" ({m['name']})" if isinstance(m.get("name"), str) and re.match(NAME_RE, m["name"]) else "")
+            named = isinstance(m.get("name"), str) and re.match(NAME_RE, m["name"])
+            label = where + (f" ({m['name']})" if named else "")
             protocol, guest, host = fwd.get("protocol", "tcp"), fwd.get("guest"), fwd.get("host")
             if not isinstance(protocol, str):
                 continue
             if isinstance(guest, int) and _is_port(guest):
                 if (guest, protocol) in guests:
-                    errors.append(f"{where}.guest: guest port {guest}/{protocol} is already forwarded by {guests[guest, protocol]}")
+                    first = guests[guest, protocol]
+                    errors.append(f"{where}.guest: guest port {guest}/{protocol} is already forwarded by {first}")
                 guests.setdefault((guest, protocol), label)
             address = _address_or_none(fwd.get("host_ip", "127.0.0.1"))
             if not (isinstance(host, int) and _is_port(host)) or address is None:
                 continue
             users = taken.setdefault((host, protocol), {})
-            other = users.get(address) or users.get("*") or (next(iter(users.values())) if address == "*" and users else None)
+            other = users.get(address) or users.get("*")
+            if address == "*" and users and not other:
+                other = next(iter(users.values()))
             if other:
                 errors.append(f"{where}.host: host port {host}/{protocol} is already forwarded by {other}")
             users.setdefault(address, label)

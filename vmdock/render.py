@@ -19,14 +19,14 @@ import yaml
 from . import __version__, boxes, paths
 from .errors import ConfigError, LabError
 from .loader import LoadedLab
+from .model import LAB_PREFIX
 from .ruby import ruby
 
 PROVIDERS = ("virtualbox", "libvirt", "docker")
 # VirtualBox (6.1.28+) allows host-only networks in 192.168.56.0/21 only.
-# Each lab gets a /28 of it by chapter: 13 machines at most (one address is the
-# gateway), no clash between labs.
+# Each lab gets a /LAB_PREFIX of it by chapter: model.MAX_MACHINES machines at
+# most (one address is the gateway), no clash between labs.
 NETWORK_POOL = ipaddress.ip_network("192.168.56.0/21")
-LAB_PREFIX = 28
 
 
 class RubyLiteral(str):

@@ -445,7 +445,6 @@ def test_yaml_that_is_not_plain_data(labs, line, message):
 
 # -- printing lab strings -------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="cli sanitising lands separately")
 def test_cli_sanitising_of_a_folder_name_with_control_characters(labs):
     """A lab folder's name is the teacher's filesystem: `vmdock list` must not write its ESC to the terminal."""
     (lab_folder(labs, "ch5-\x1b[2Jevil") / "lab.yaml").write_text("name: ch5-evil\n" + HEAD + MACHINE)

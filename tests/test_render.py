@@ -400,6 +400,8 @@ def test_docker_render_of_fixture_lab(tmp_path, alpha):
 @pytest.mark.parametrize("provider", ["virtualbox", "libvirt"])
 def test_vm_render_of_fixture_lab(tmp_path, alpha, provider, monkeypatch):
     monkeypatch.delenv("VMDOCK_BOX_URL_DEBIAN12", raising=False)
+    # a Vagrant with no boxes: the catalog's name, whatever this host has registered
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path / "vagrant-home"))
     text = render.render(alpha, render.RenderOptions(provider=provider, libvirt_driver="qemu"))
     rec = run_vagrantfile(tmp_path, text)
     box = render.boxes_catalog()["debian12"][provider]

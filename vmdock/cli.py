@@ -414,7 +414,8 @@ def box_build(
     force: bool = typer.Option(False, "--force", help="build anew even when cached, and register again"),
 ):
     """Build a base box from the Debian mirror (VMDOCK_APT_MIRROR) and register it with Vagrant."""
-    from . import boxes, paths
+    from . import paths
+    from .hostbuild import box_image
     from .runlog import Log
 
     events = RichEvents(OPTS.verbose)
@@ -422,7 +423,7 @@ def box_build(
     start = time.monotonic()
     with events:
         events.phase(f"box build ({provider})")
-        made = boxes.build(
+        made = box_image.build(
             log, provider=provider, box=box, mirror=Settings.from_env().apt_mirror, force=force,
             on_line=lambda line: events.line("box", line), on_info=events.info,
         )
@@ -433,7 +434,7 @@ def box_build(
 @box_app.command("list")
 def box_list(as_json: bool = typer.Option(False, "--json")):
     """Every base box per provider: what a lab machine gets, and the boxes vmdock built."""
-    from . import boxes
+    from .hostbuild import boxes
 
     rows = boxes.list_boxes()
     if as_json:

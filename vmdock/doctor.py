@@ -52,7 +52,7 @@ def _libvirt() -> list[dict]:
                              "running" if active else f"missing or inactive (vagrant-libvirt keeps disks there): {fix}"))
         except (OSError, subprocess.TimeoutExpired) as exc:
             rows.append(_row("libvirt pool default", "warn", f"virsh pool-info failed: {exc}"))
-    from . import boxes
+    from .hostbuild import boxes
 
     try:
         e = boxes.entry("debian12")

@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import images, needs, paths, providers
+from . import needs, paths, providers
+from .hostbuild import machine_image, rootfs
 from .driver import SshConfig, VagrantDriver
 from .errors import CommandError, StateError, VmdockError
 from .events import Events
@@ -80,8 +81,8 @@ class Engine:
             return RenderOptions(provider=provider, **({"libvirt_driver": self._libvirt_driver()} if provider == "libvirt" else {}))
         self._phase("machine image")
         start = time.monotonic()
-        image = images.ensure_machine_image(lab.log, mirror=self.settings.apt_mirror, on_line=self._line("image"))
-        args = images.machine_create_args(lab.log)
+        image = machine_image.ensure_machine_image(lab.log, mirror=self.settings.apt_mirror, on_line=self._line("image"))
+        args = machine_image.machine_create_args(lab.log)
         self.events.phase_done("machine image", time.monotonic() - start)
         return RenderOptions(provider="docker", machine_image=image, create_args=tuple(args))
 
@@ -201,7 +202,7 @@ class Engine:
         return UpResult(lab.name, provider, ran, len(plan) - ran, time.monotonic() - start)
 
     def _context(self, lab: Lab, state: LabState) -> Context:
-        cache = images.rootfs_path()
+        cache = rootfs.rootfs_path()
         tarball = cache if cache.exists() else None
         return Context(
             loaded=lab.loaded,
@@ -345,7 +346,7 @@ class Engine:
                 removed.append(f"network {net[:12]}")
         # the machine image is shared by every lab's machines: remove it with the last of them
         if not keep_image and not run(["docker", "ps", "-aq", "--filter", "label=vmdock.lab"], log).stdout.split():
-            removed += [f"image {i}" for i in images.remove_machine_images(log)]
+            removed += [f"image {i}" for i in machine_image.remove_machine_images(log)]
         return removed
 
     def ssh_argv(self, name: str, machine: str | None) -> list[str]:

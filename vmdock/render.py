@@ -16,7 +16,8 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from . import __version__, boxes, paths
+from . import __version__, paths
+from .hostbuild import boxes
 from .errors import ConfigError, LabError
 from .loader import LoadedLab
 from .ruby import ruby

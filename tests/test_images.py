@@ -255,7 +255,7 @@ def test_rootfs_ctrl_c_removes_the_half_built_rootfs(tmp_path, whom):
     log_path = tmp_path / "build.log"
     code = textwrap.dedent(
         f"""
-        from vmdock import images
+        from vmdock.hostbuild import rootfs
         from vmdock.runlog import Log
         rootfs.rootfs_tarball(Log({str(log_path)!r}))
         """
@@ -387,6 +387,26 @@ def test_a_new_home_reuses_the_machine_image(machine_image, tmp_path, monkeypatc
     assert time.monotonic() - started < 2
     assert len(_commands(log, "")) == 1 and _commands(log, "docker image inspect")
     assert not rootfs.rootfs_path().exists()
+
+
+def test_render_builds_nothing(tmp_path):
+    """`vmdock render` in a new home with an empty cache: the Vagrantfile
+    names the image `vmdock up` would use, and nothing was built or run."""
+    env = dict(os.environ, VMDOCK_HOME=str(tmp_path / "home"), VMDOCK_CACHE=str(tmp_path / "cache"),
+               PYTHONPATH=str(REPO_ROOT))
+    env.pop("VMDOCK_APT_MIRROR", None)
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "vmdock", "render", "ch5-ssh", "--provider", "docker"],
+                         env=env, capture_output=True, text=True, timeout=120, check=False)
+    seconds = time.monotonic() - started
+    assert out.returncode == 0, out.stderr
+    vagrantfile = (tmp_path / "home" / "labs" / "ch5-ssh" / "Vagrantfile").read_text()
+    assert f'"{mi.machine_image_tag(rootfs.DEFAULT_MIRROR)}"' in vagrantfile
+    assert "--cap-drop=SYS_RESOURCE" in vagrantfile or "--privileged" in vagrantfile
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+    log_text = "".join(p.read_text() for p in (tmp_path / "home").rglob("*.log"))
+    assert "$ docker" not in log_text and "debootstrap" not in log_text
+    assert seconds < 30, seconds
 
 
 def test_machine_image_build_failure_leaves_nothing_behind(log):

@@ -32,6 +32,7 @@ from .events import Events
 from .loader import discover, resolve
 from .model import Lab as LabModel
 from .settings import Settings
+from .settings import current as current_settings
 
 app = typer.Typer(
     add_completion=False,
@@ -72,6 +73,7 @@ def _global(
         console.print(f"vmdock {__version__}")
         raise typer.Exit(0)
     OPTS.debug, OPTS.verbose, OPTS.labs_dirs = debug, verbose, list(labs_dir or [])
+    current_settings()  # every VMDOCK_* variable validated before any command runs
 
 
 class RichEvents(Events):
@@ -399,6 +401,35 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
         console.print(table)
     if not any(r["status"] == "ok" and r["name"].startswith("provider ") for r in rows):
         raise typer.Exit(1)
+
+
+@app.command("config")
+def config(
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    markdown: bool = typer.Option(False, "--markdown", help="the README's table of every VMDOCK_* variable"),
+    provider: Optional[str] = typer.Option(None, "--provider", help="as `vmdock up --provider`"),
+    images_dir: Optional[Path] = typer.Option(None, "--images-dir", help="as `vmdock up --images-dir`"),
+):
+    """Every setting (VMDOCK_* variables, options): its effective value and where it came from."""
+    from . import paths, settings
+
+    if markdown:
+        sys.stdout.write(settings.markdown_table())
+        return
+    s = Settings.from_env(provider=provider, images_dir=str(images_dir) if images_dir else None)
+    rows = settings.rows(s, {"home": str(paths.vmdock_home()), "cache": str(paths.cache_dir())})
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        return
+    table = Table(title="vmdock settings")
+    for col in ("variable", "value", "from"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        value = r["value"]
+        shown = "-" if value in (None, [], {}) else (json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value))
+        origin = f"option {r['option']}" if r["source"] == "option" else r["source"]
+        table.add_row(escape(r["variable"]), escape(shown), origin)
+    console.print(table)
 
 
 # -- boxes ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import needs, paths, providers
-from .hostbuild import machine_image, rootfs
+from .hostbuild import machine_image, mirror, rootfs
 from .driver import SshConfig, VagrantDriver
 from .errors import CommandError, StateError, VmdockError
 from .events import Events
@@ -76,13 +76,19 @@ class Engine:
         self.events.info(f"provider: {why}")
         return provider
 
-    def _render_options(self, lab: Lab, provider: str) -> RenderOptions:
+    def _render_options(self, lab: Lab, provider: str, build: bool = True) -> RenderOptions:
+        s = self.settings
+        mirrors = (s.apt_mirror, s.apt_security_mirror)
         if provider != "docker":
+            mirror.refuse_for_vms(provider, VMDOCK_APT_MIRROR=s.apt_mirror, VMDOCK_APT_SECURITY_MIRROR=s.apt_security_mirror)
             return RenderOptions(provider=provider, **({"libvirt_driver": self._libvirt_driver()} if provider == "libvirt" else {}))
+        if not build:  # `vmdock render`: the machine image's tag is known without building it
+            tag = machine_image.machine_image_tag(rootfs.apt_mirror(self.settings.apt_mirror))
+            return RenderOptions(provider="docker", machine_image=tag, create_args=tuple(machine_image.machine_create_args(lab.log, mirrors=mirrors, probe=False)))
         self._phase("machine image")
         start = time.monotonic()
         image = machine_image.ensure_machine_image(lab.log, mirror=self.settings.apt_mirror, on_line=self._line("image"))
-        args = machine_image.machine_create_args(lab.log)
+        args = machine_image.machine_create_args(lab.log, mirrors=mirrors)
         self.events.phase_done("machine image", time.monotonic() - start)
         return RenderOptions(provider="docker", machine_image=image, create_args=tuple(args))
 
@@ -94,7 +100,7 @@ class Engine:
         with lab_lock(lab.home, lab.name, "render"):
             state = lab.state()
             provider = self._provider(lab, state)
-            text = render(lab.loaded, self._render_options(lab, provider))
+            text = render(lab.loaded, self._render_options(lab, provider, build=False))
             write_atomic(lab.vagrantfile, text)
         return lab.vagrantfile
 

@@ -7,7 +7,6 @@ file is reported at once, each as ``path/to/lab.yaml: field.path: message``.
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from . import paths
+from . import paths, settings
 from .errors import LabError
 from .model import Lab, cross_ref_errors
 
@@ -194,8 +193,7 @@ def _display(file: Path) -> str:
 def search_path(labs_dirs: list[Path] | None = None) -> list[Path]:
     """Lab folders to search, first match wins: --labs-dir, VMDOCK_LABS, shipped labs."""
     dirs: list[Path] = [Path(d) for d in (labs_dirs or [])]
-    env = os.environ.get("VMDOCK_LABS", "")
-    dirs += [Path(p) for p in env.split(os.pathsep) if p.strip()]
+    dirs += list(settings.current().labs)
     dirs.append(paths.LABS_DIR)
     seen, out = set(), []
     for d in dirs:

@@ -10,7 +10,6 @@ provide it.
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 import urllib.error
 import urllib.request
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from .errors import ConfigError, MissingError
 from .settings import Settings
+from .settings import current as current_settings
 
 DEFAULT_PROBE = "https://registry-1.docker.io/v2/"
 
@@ -67,7 +67,7 @@ def images_dir_index(folder: str | None) -> dict[str, Path]:
 
 
 def registry_reachable(timeout: float = 5.0) -> tuple[bool, str]:
-    url = os.environ.get("VMDOCK_REGISTRY_PROBE") or DEFAULT_PROBE
+    url = current_settings().registry_probe or DEFAULT_PROBE
     try:
         urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout)
         return True, f"{url} answers"

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import ConfigError, ProviderError
+from . import settings
+from .errors import ProviderError
 from .hostbuild import hostfacts
 
 ORDER = ("virtualbox", "libvirt", "docker")
@@ -123,19 +124,14 @@ def kvm_probe(log=None, *, refresh: bool = False, timeout: float = hostfacts.KVM
     return hostfacts.kvm_probe(log, refresh=refresh, timeout=timeout)
 
 
-LIBVIRT_DRIVERS = ("kvm", "qemu")
-
-
 def libvirt_driver(on_info: Callable[[str], None] | None = None, log=None) -> str:
     """vagrant-libvirt's ``driver``: ``kvm`` when KVM really works, else ``qemu`` (TCG).
 
     ``VMDOCK_LIBVIRT_DRIVER`` (kvm or qemu) overrides the probe.  The choice
     and its reason go to ``on_info`` (the engine's events.info).
     """
-    forced = os.environ.get("VMDOCK_LIBVIRT_DRIVER")
+    forced = settings.current().libvirt_driver
     if forced:
-        if forced not in LIBVIRT_DRIVERS:
-            raise ConfigError(f"VMDOCK_LIBVIRT_DRIVER: {forced!r} must be kvm or qemu")
         driver, why = forced, f"libvirt driver {forced}, as VMDOCK_LIBVIRT_DRIVER says"
     else:
         usable, reason = kvm_probe(log)

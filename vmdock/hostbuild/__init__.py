@@ -9,4 +9,6 @@
   libvirt box vmdock builds itself.
 * ``hostfacts``: what vmdock learnt about this host (``host-facts.json``),
   and the KVM probe.
+* ``mirror``: ``file://`` Debian mirrors, served to builds and mounted into
+  docker-provider machines.
 """

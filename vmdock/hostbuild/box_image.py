@@ -24,7 +24,7 @@ from pathlib import Path
 
 import jinja2
 
-from .. import paths
+from .. import paths, settings
 from ..errors import CommandError, ConfigError, ProviderError
 from ..runlog import Log, run
 from . import boxes, fsutil
@@ -187,7 +187,7 @@ def debian_sources(mirror: str, suite: str) -> str:
     """The box's ``debian.sources``: the machines' template; security updates
     from deb.debian.org when the mirror is Debian's own, else from
     $VMDOCK_APT_SECURITY_MIRROR when set."""
-    security = os.environ.get("VMDOCK_APT_SECURITY_MIRROR") or (
+    security = settings.current().apt_security_mirror or (
         "http://deb.debian.org/debian-security" if mirror == DEFAULT_MIRROR else ""
     )
     return _template("debian.sources.j2", mirror=mirror, suite=suite, security_mirror=security,

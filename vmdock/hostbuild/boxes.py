@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .. import paths
+from .. import paths, settings
 from ..errors import ConfigError
 from . import fsutil
 from .rootfs import debian_arch
@@ -43,7 +42,7 @@ def entry(box: str) -> dict:
 
 def url_override(box: str) -> str | None:
     """``VMDOCK_BOX_URL_<BOX>``: a mirror URL or a local .box file for ``box``."""
-    return os.environ.get("VMDOCK_BOX_URL_" + re.sub(r"[^A-Z0-9]", "_", box.upper())) or None
+    return settings.current().box_url(box)
 
 
 def vagrant_home() -> Path:

@@ -21,6 +21,8 @@ from ..errors import CommandError, ProviderError, VmdockError, tail
 from ..runlog import Log, run
 from . import fsutil, hostfacts
 from .debootstrap import MIRROR_ENV, LineSink, OutputTail
+from .mirror import mounts as mirror_mounts
+from .mirror import served as mirror_served
 from .rootfs import DEFAULT_SUITE, apt_mirror, debian_arch, rootfs_meta, rootfs_tarball
 
 #: Debian suite -> the name used in image tags.
@@ -192,17 +194,19 @@ def _build(log: Log, tag: str, tarball: Path, *, mirror: str, suite: str, on_lin
                 log, timeout=900, on_line=on_line)
         out = _BuildOutput(on_line)
         proxies = [a for v in _PROXY_VARS if os.environ.get(v) for a in ("--build-arg", v)]
-        build = [
-            "build",
-            "--network=host",  # a mirror on 127.0.0.1 (apt-cacher-ng) works too
-            "--force-rm",
-            "--build-arg", f"BASE={base}", "--build-arg", f"MIRROR={mirror}", "--build-arg", f"SUITE={suite}",
-            *proxies,
-            "--label", ROLE_LABEL, "--label", f"vmdock.rootfs.sha256={sha}", "--label", f"vmdock.mirror={mirror}",
-            "--tag", tag, "--file", str(MACHINE_DOCKERFILE), str(MACHINE_TEMPLATE_DIR),
-        ]
         try:
-            _docker(build, log, timeout=1800, on_line=out)
+            with mirror_served(mirror, log) as fetch_from:
+                build = [
+                    "build",
+                    "--network=host",  # a mirror on 127.0.0.1 (apt-cacher-ng, a served folder) works too
+                    "--force-rm",
+                    "--build-arg", f"BASE={base}", "--build-arg", f"MIRROR={fetch_from}",
+                    "--build-arg", f"SOURCES_MIRROR={mirror}", "--build-arg", f"SUITE={suite}",
+                    *proxies,
+                    "--label", ROLE_LABEL, "--label", f"vmdock.rootfs.sha256={sha}", "--label", f"vmdock.mirror={mirror}",
+                    "--tag", tag, "--file", str(MACHINE_DOCKERFILE), str(MACHINE_TEMPLATE_DIR),
+                ]
+                _docker(build, log, timeout=1800, on_line=out)
         except CommandError as exc:
             # The legacy builder keeps the images of the steps that worked;
             # they would stay behind as dangling images.
@@ -308,8 +312,16 @@ def host_allows_privileged(log: Log, *, image: str | None = None) -> bool:
     return allowed
 
 
-def machine_create_args(log: Log) -> list[str]:
-    """``docker create`` args for a machine that runs its own dockerd here."""
-    if host_allows_privileged(log):
-        return list(PRIVILEGED_CREATE_ARGS)
-    return list(MACHINE_CREATE_ARGS)
+def machine_create_args(log: Log, *, mirrors: tuple[str | None, ...] = (), probe: bool = True) -> list[str]:
+    """``docker create`` args for a machine that runs its own dockerd here.
+
+    The folders of ``file:`` ``mirrors`` are mounted read-only at the same
+    path.  ``probe=False`` never runs (or builds) anything: when this docker
+    host was not probed yet, the args that work without ``--privileged``.
+    """
+    if probe:
+        allowed = host_allows_privileged(log)
+    else:
+        known = hostfacts.read_fact("privileged").get(_docker_host_key())
+        allowed = isinstance(known, dict) and bool(known.get("allowed"))
+    return [*(PRIVILEGED_CREATE_ARGS if allowed else MACHINE_CREATE_ARGS), *mirror_mounts(*mirrors)]

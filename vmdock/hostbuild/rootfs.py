@@ -15,7 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .. import paths
+from .. import paths, settings
 from ..errors import ConfigError, ProviderError
 from ..runlog import Log, run
 from . import fsutil
@@ -58,13 +58,15 @@ rm -rf tmp/* var/tmp/*
 
 def apt_mirror(mirror: str | None = None) -> str:
     """The Debian mirror: the argument, else $VMDOCK_APT_MIRROR, else deb.debian.org."""
-    value = (mirror or os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR).strip()
-    if not re.match(r"^(https?|file)://[^\s'\"]+$", value):
+    if not mirror:
+        return settings.current().apt_mirror or DEFAULT_MIRROR
+    try:
+        return settings.check_url(mirror, ("http", "https", "file"))
+    except ValueError as exc:
         raise ConfigError(
-            f"invalid Debian mirror {value!r}",
+            f"invalid Debian mirror: {exc}",
             hint=f"give an http(s):// or file:// URL, e.g. {DEFAULT_MIRROR} (option or ${MIRROR_ENV})",
-        )
-    return value.rstrip("/")
+        ) from None
 
 
 def debian_arch() -> str:

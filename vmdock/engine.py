@@ -83,11 +83,11 @@ class Engine:
             mirror.refuse_for_vms(provider, VMDOCK_APT_MIRROR=s.apt_mirror, VMDOCK_APT_SECURITY_MIRROR=s.apt_security_mirror)
             return RenderOptions(provider=provider, **({"libvirt_driver": self._libvirt_driver()} if provider == "libvirt" else {}))
         if not build:  # `vmdock render`: the machine image's tag is known without building it
-            tag = machine_image.machine_image_tag(rootfs.apt_mirror(self.settings.apt_mirror))
+            tag = machine_image.machine_image_tag(rootfs.apt_mirror(s.apt_mirror))
             return RenderOptions(provider="docker", machine_image=tag, create_args=tuple(machine_image.machine_create_args(lab.log, mirrors=mirrors, probe=False)))
         self._phase("machine image")
         start = time.monotonic()
-        image = machine_image.ensure_machine_image(lab.log, mirror=self.settings.apt_mirror, on_line=self._line("image"))
+        image = machine_image.ensure_machine_image(lab.log, mirror=s.apt_mirror, on_line=self._line("image"))
         args = machine_image.machine_create_args(lab.log, mirrors=mirrors)
         self.events.phase_done("machine image", time.monotonic() - start)
         return RenderOptions(provider="docker", machine_image=image, create_args=tuple(args))

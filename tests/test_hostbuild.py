@@ -169,3 +169,21 @@ def test_kvm_probe_asks_again_after_a_reboot(monkeypatch, tmp_path):
     assert boots == ["kvm", "tcg"] * 2
     assert hostfacts.kvm_probe(refresh=True)[0] is True
     assert boots == ["kvm", "tcg"] * 3
+
+
+def test_machine_create_args_without_probing(monkeypatch, tmp_path, log):
+    """What `vmdock render` uses: the remembered answer, else the args that work
+    without --privileged; nothing is run; file:// mirrors are mounted."""
+    from vmdock.hostbuild import machine_image as mi
+
+    monkeypatch.setenv("VMDOCK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    assert mi.machine_create_args(log, probe=False) == mi.MACHINE_CREATE_ARGS
+    hostfacts.write_fact("privileged", {"default": {"allowed": True}})
+    assert mi.machine_create_args(log, probe=False) == mi.PRIVILEGED_CREATE_ARGS
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    args = mi.machine_create_args(log, mirrors=(f"file://{mirror}", None), probe=False)
+    assert args == [*mi.PRIVILEGED_CREATE_ARGS, "-v", f"{mirror}:{mirror}:ro"]
+    assert not log.path.exists(), "something was run"

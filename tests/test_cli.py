@@ -91,7 +91,7 @@ def test_bad_setting_is_a_config_error(capsys, monkeypatch):
     monkeypatch.setenv("VMDOCK_PROVIDER", "vmware")
     code, _, err = run(capsys, "status")
     assert code == 2
-    assert err.splitlines()[0] == "error: provider 'vmware' is not one of virtualbox, libvirt, docker"
+    assert err.splitlines()[0] == "error: VMDOCK_PROVIDER: 'vmware' is not one of virtualbox, libvirt, docker"
     assert "hint: set --provider or VMDOCK_PROVIDER" in err and "Traceback" not in err
 
 

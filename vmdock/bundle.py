@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from . import __version__, images, needs, paths, providers
+from . import __version__, needs, paths, providers
+from .hostbuild import fsutil, rootfs
 from .bundle_manifest import (
     CHUNK,
     DEFAULT_LEVEL,
@@ -47,7 +48,7 @@ from .loader import LoadedLab, resolve
 from .runlog import Log, quote, run
 from .settings import Settings
 
-#: The label ``images.ensure_machine_image`` gives the machine image: the apt mirror it was built with.
+#: The label ``hostbuild.machine_image.ensure_machine_image`` gives the machine image: the apt mirror it was built with.
 MIRROR_LABEL = "vmdock.mirror"
 
 
@@ -158,7 +159,7 @@ def import_bundle(path: Path, events: Events, log: Log) -> list[Outcome]:
         reader.verify(manifest, on_member=lambda m: events.line("bundle", f"checking {m.path}"))
         events.phase_done("checking every member's checksum", time.monotonic() - start)
         cache = paths.cache_dir()
-        with images._file_lock(cache / "bundle-import.lock", "a bundle import", log):
+        with fsutil.file_lock(cache / "bundle-import.lock", "a bundle import", log):
             staging = Path(tempfile.mkdtemp(prefix=".bundle-import.", dir=cache))
             loaded: list[str] = []
             try:
@@ -274,14 +275,14 @@ def _rollback(refs: list[str], log: Log) -> None:
 
 def _mirror_note(m: Member, log: Log) -> str:
     """The machine image is used only with the apt mirror it was built with (its tag covers it)."""
-    here = images.apt_mirror()
+    here = rootfs.apt_mirror()
     for r in m.images:
         fmt = f'{{{{index .Config.Labels "{MIRROR_LABEL}"}}}}'
         result = run(["docker", "image", "inspect", "--format", fmt, r.ref], log, check=False, timeout=60)
         built = result.stdout.strip() if result.returncode == 0 else ""
         if built and built != "<no value>" and built != here:
             return (f"{r.ref} was built with apt mirror {built}; vmdock uses it only with "
-                    f"{images.MIRROR_ENV}={built} (here: {here}), else it builds the machine image anew")
+                    f"{rootfs.MIRROR_ENV}={built} (here: {here}), else it builds the machine image anew")
     return ""
 
 

@@ -49,6 +49,7 @@ from .events import Events
 from .loader import LAB_FILE, discover, resolve, search_path
 from .model import Lab as LabModel
 from .settings import Settings
+from .settings import current as current_settings
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -120,6 +121,7 @@ def _global(
         console.print(f"vmdock {__version__}")
         raise typer.Exit(0)
     OPTS.debug, OPTS.verbose, OPTS.labs_dirs = debug, verbose, list(labs_dir or [])
+    current_settings()  # every VMDOCK_* variable validated before any command runs
 
 
 class RichEvents(Events):
@@ -586,6 +588,35 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
         raise typer.Exit(EXIT_INFRASTRUCTURE)  # no provider can run machines here
 
 
+@app.command("config")
+def config(
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    markdown: bool = typer.Option(False, "--markdown", help="the README's table of every VMDOCK_* variable"),
+    provider: Optional[str] = typer.Option(None, "--provider", help="as `vmdock up --provider`"),
+    images_dir: Optional[Path] = typer.Option(None, "--images-dir", help="as `vmdock up --images-dir`"),
+):
+    """Every setting (VMDOCK_* variables, options): its effective value and where it came from."""
+    from . import paths, settings
+
+    if markdown:
+        sys.stdout.write(settings.markdown_table())
+        return
+    s = Settings.from_env(provider=provider, images_dir=str(images_dir) if images_dir else None)
+    rows = settings.rows(s, {"home": str(paths.vmdock_home()), "cache": str(paths.cache_dir())})
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        return
+    table = Table(title="vmdock settings")
+    for col in ("variable", "value", "from"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        value = r["value"]
+        shown = "-" if value in (None, [], {}) else (json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value))
+        origin = f"option {r['option']}" if r["source"] == "option" else r["source"]
+        table.add_row(escape(r["variable"]), escape(shown), origin)
+    console.print(table)
+
+
 # -- boxes ------------------------------------------------------------------------
 
 box_app = typer.Typer(no_args_is_help=True, help="Base boxes: build vmdock's own (offline, from the Debian mirror), list them.")
@@ -599,7 +630,8 @@ def box_build(
     force: bool = typer.Option(False, "--force", help="build anew even when cached, and register again"),
 ):
     """Build a base box from the Debian mirror (VMDOCK_APT_MIRROR) and register it with Vagrant."""
-    from . import boxes, paths
+    from . import paths
+    from .hostbuild import box_image
     from .runlog import Log
 
     events = RichEvents(OPTS.verbose)
@@ -607,7 +639,7 @@ def box_build(
     start = time.monotonic()
     with events:
         events.phase(f"box build ({provider})")
-        made = boxes.build(
+        made = box_image.build(
             log, provider=provider, box=box, mirror=Settings.from_env().apt_mirror, force=force,
             on_line=lambda line: events.line("box", line), on_info=events.info,
         )
@@ -618,7 +650,7 @@ def box_build(
 @box_app.command("list")
 def box_list(as_json: bool = typer.Option(False, "--json")):
     """Every base box per provider: what a lab machine gets, and the boxes vmdock built."""
-    from . import boxes
+    from .hostbuild import boxes
 
     rows = boxes.list_boxes()
     if as_json:

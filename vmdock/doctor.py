@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 
-from . import paths, providers
+from . import paths, providers, settings
 
 
 def _row(name: str, status: str, detail: str) -> dict:
@@ -15,7 +15,7 @@ def _row(name: str, status: str, detail: str) -> dict:
 
 def _kvm() -> dict:
     dev = "/dev/kvm"
-    forced = os.environ.get("VMDOCK_LIBVIRT_DRIVER")
+    forced = settings.current().libvirt_driver
     note = f"; VMDOCK_LIBVIRT_DRIVER={forced} is set" if forced else ""
     if not os.path.exists(dev):
         return _row("KVM", "warn", f"no /dev/kvm: libvirt VMs run with TCG (software emulation, slow){note}")
@@ -57,7 +57,7 @@ def _libvirt() -> list[dict]:
                              "running" if active else f"missing or inactive (vagrant-libvirt keeps disks there): {fix}"))
         except (OSError, subprocess.TimeoutExpired) as exc:
             rows.append(_row("libvirt pool default", "warn", f"virsh pool-info failed: {exc}"))
-    from . import boxes
+    from .hostbuild import boxes
 
     try:
         e = boxes.entry("debian12")
@@ -123,7 +123,7 @@ def run_doctor() -> list[dict]:
         rows.append(_row(tool, "ok" if path else "warn", path or f"not found ({why})"))
     rows += _free()
     try:
-        chosen, why = providers.choose(os.environ.get("VMDOCK_PROVIDER") or None, "VMDOCK_PROVIDER")
+        chosen, why = providers.choose(settings.current().provider, "VMDOCK_PROVIDER")
         rows.append(_row("provider chosen", "ok", why))
     except Exception as exc:  # reported, not raised: doctor explains
         rows.append(_row("provider chosen", "fail", str(exc)))

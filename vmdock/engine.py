@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import images, needs, paths, providers
+from . import needs, paths, providers
+from .hostbuild import machine_image, mirror, rootfs
 from .driver import SshConfig, VagrantDriver
 from .errors import CommandError, StateError, VmdockError
 from .events import Events
@@ -75,13 +76,19 @@ class Engine:
         self.events.info(f"provider: {why}")
         return provider
 
-    def _render_options(self, lab: Lab, provider: str) -> RenderOptions:
+    def _render_options(self, lab: Lab, provider: str, build: bool = True) -> RenderOptions:
+        s = self.settings
+        mirrors = (s.apt_mirror, s.apt_security_mirror)
         if provider != "docker":
+            mirror.refuse_for_vms(provider, VMDOCK_APT_MIRROR=s.apt_mirror, VMDOCK_APT_SECURITY_MIRROR=s.apt_security_mirror)
             return RenderOptions(provider=provider, **({"libvirt_driver": self._libvirt_driver()} if provider == "libvirt" else {}))
+        if not build:  # `vmdock render`: the machine image's tag is known without building it
+            tag = machine_image.machine_image_tag(rootfs.apt_mirror(s.apt_mirror))
+            return RenderOptions(provider="docker", machine_image=tag, create_args=tuple(machine_image.machine_create_args(lab.log, mirrors=mirrors, probe=False)))
         self._phase("machine image")
         start = time.monotonic()
-        image = images.ensure_machine_image(lab.log, mirror=self.settings.apt_mirror, on_line=self._line("image"))
-        args = images.machine_create_args(lab.log)
+        image = machine_image.ensure_machine_image(lab.log, mirror=s.apt_mirror, on_line=self._line("image"))
+        args = machine_image.machine_create_args(lab.log, mirrors=mirrors)
         self.events.phase_done("machine image", time.monotonic() - start)
         return RenderOptions(provider="docker", machine_image=image, create_args=tuple(args))
 
@@ -93,7 +100,7 @@ class Engine:
         with lab_lock(lab.home, lab.name, "render"):
             state = lab.state()
             provider = self._provider(lab, state)
-            text = render(lab.loaded, self._render_options(lab, provider))
+            text = render(lab.loaded, self._render_options(lab, provider, build=False))
             write_atomic(lab.vagrantfile, text)
         return lab.vagrantfile
 
@@ -201,7 +208,7 @@ class Engine:
         return UpResult(lab.name, provider, ran, len(plan) - ran, time.monotonic() - start)
 
     def _context(self, lab: Lab, state: LabState) -> Context:
-        cache = images.rootfs_path()
+        cache = rootfs.rootfs_path()
         tarball = cache if cache.exists() else None
         return Context(
             loaded=lab.loaded,
@@ -345,7 +352,7 @@ class Engine:
                 removed.append(f"network {net[:12]}")
         # the machine image is shared by every lab's machines: remove it with the last of them
         if not keep_image and not run(["docker", "ps", "-aq", "--filter", "label=vmdock.lab"], log).stdout.split():
-            removed += [f"image {i}" for i in images.remove_machine_images(log)]
+            removed += [f"image {i}" for i in machine_image.remove_machine_images(log)]
         return removed
 
     def ssh_argv(self, name: str, machine: str | None) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from . import labyaml, paths
+from . import labyaml, paths, settings
 from .errors import LabError
 from .model import MAX_MACHINES, Lab, cross_ref_errors
 
@@ -231,8 +231,7 @@ def _display(file: Path) -> str:
 def search_path(labs_dirs: list[Path] | None = None) -> list[Path]:
     """Lab folders to search, first match wins: --labs-dir, VMDOCK_LABS, shipped labs."""
     dirs: list[Path] = [Path(d) for d in (labs_dirs or [])]
-    env = os.environ.get("VMDOCK_LABS", "")
-    dirs += [Path(p) for p in env.split(os.pathsep) if p.strip()]
+    dirs += list(settings.current().labs)
     dirs.append(paths.LABS_DIR)
     seen, out = set(), []
     for d in dirs:

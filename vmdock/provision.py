@@ -160,6 +160,8 @@ def _install_item(ctx: Context):
     s = ctx.settings
     script = provisioner("install-docker.sh")
     env = {"VMDOCK_DOCKER_SOURCE": s.docker_source, "VMDOCK_DOCKER_CE_MIRROR": s.docker_ce_mirror or ""}
+    if s.get_docker_url:
+        env["VMDOCK_GET_DOCKER_URL"] = s.get_docker_url
 
     def action(t: Transport) -> None:
         t.run_script(script, env=env, name="install-docker", timeout=BUILTIN_TIMEOUT, step="install Docker")

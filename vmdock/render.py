@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -16,8 +15,9 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from . import __version__, boxes, paths
+from . import __version__, paths, settings
 from .errors import ConfigError, LabError
+from .hostbuild import boxes
 from .loader import LoadedLab
 from .model import LAB_PREFIX
 from .ruby import ruby
@@ -87,7 +87,7 @@ def _box(loaded: LoadedLab, machine, provider: str) -> tuple[str | None, str | N
     where = f"{loaded.file}: machines[{loaded.lab.machines.index(machine)}].box"
     if entry is None:
         raise LabError(f"{where}: unknown box {machine.box!r} (boxes: {', '.join(boxes_catalog())})", lab=loaded.name)
-    url = os.environ.get("VMDOCK_BOX_URL_" + re.sub(r"[^A-Z0-9]", "_", machine.box.upper()))
+    url = settings.current().box_url(machine.box)
     # a box built by `vmdock box build` and registered with Vagrant, unless the URL says otherwise
     box = (None if url else boxes.own_box(entry, provider)) or entry.get(provider)
     if not box:

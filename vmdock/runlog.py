@@ -12,8 +12,8 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from .errors import CommandError, tail
 
@@ -68,6 +68,45 @@ class Log:
         self.event(f"{where}$ {cmd}  ({seconds:.2f}s, {status})")
 
 
+class _Pumps:
+    """Threads copying a child's stdout and stderr, line by line, to the log
+    (and ``on_line``); stdout is kept whole, stderr's last 40 lines."""
+
+    def __init__(self, proc: subprocess.Popen, log: Log, on_line: LineSink | None):
+        self.out_lines: list[str] = []
+        self.err_tail: deque[str] = deque(maxlen=40)
+        self.log, self.on_line = log, on_line
+        self.threads = [
+            threading.Thread(target=self._pump, args=(proc.stdout, self.out_lines, ""), daemon=True),
+            threading.Thread(target=self._pump, args=(proc.stderr, self.err_tail, "! "), daemon=True),
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _pump(self, stream: Iterable[str], sink: list | deque, prefix: str) -> None:
+        for line in stream:
+            line = line.rstrip("\n")
+            sink.append(line)
+            self.log.write(f"    {prefix}{line}")
+            if self.on_line:
+                self.on_line(self.log.mask(line))
+
+    def join(self, timeout: float | None = None) -> None:
+        for t in self.threads:
+            t.join(timeout)
+
+
+def _start(cmd: Sequence[str], log: Log, where: str, text: str, start: float, **popen) -> subprocess.Popen:
+    try:
+        return subprocess.Popen(
+            list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, encoding="utf-8", errors="replace", **popen,
+        )
+    except FileNotFoundError as exc:
+        log.command(where, text, time.monotonic() - start, None)
+        raise CommandError(f"{cmd[0]} is not installed or not on PATH", command=text, log=log.path) from exc
+
+
 def run(
     cmd: Sequence[str],
     log: Log,
@@ -89,40 +128,9 @@ def run(
     text = quote(cmd)
     log.event(f"{where}$ {text}  (started)")
     start = time.monotonic()
-    out_lines: list[str] = []
-    err_tail: deque[str] = deque(maxlen=40)
-    try:
-        proc = subprocess.Popen(
-            list(map(str, cmd)),
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=cwd,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-        )
-    except FileNotFoundError as exc:
-        log.command(where, text, time.monotonic() - start, None)
-        raise CommandError(
-            f"{cmd[0]} is not installed or not on PATH", command=text, log=log.path
-        ) from exc
-
-    def pump(stream: Iterable[str], sink: list | deque, prefix: str) -> None:
-        for line in stream:
-            line = line.rstrip("\n")
-            sink.append(line)
-            log.write(f"    {prefix}{line}")
-            if on_line:
-                on_line(log.mask(line))
-
-    threads = [
-        threading.Thread(target=pump, args=(proc.stdout, out_lines, ""), daemon=True),
-        threading.Thread(target=pump, args=(proc.stderr, err_tail, "! "), daemon=True),
-    ]
-    for t in threads:
-        t.start()
+    proc = _start(cmd, log, where, text, start, env=env, cwd=cwd,
+                  stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL)
+    pumps = _Pumps(proc, log, on_line)
     if input is not None and proc.stdin is not None:
         proc.stdin.write(input)
         proc.stdin.close()
@@ -131,13 +139,12 @@ def run(
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        for t in threads:
-            t.join(5)
+        pumps.join(5)
         log.command(where, text, time.monotonic() - start, None)
         raise CommandError(
             error_message or f"timed out after {timeout:.0f}s",
             command=log.mask(text),
-            stderr_tail=log.mask(tail("\n".join(err_tail))),
+            stderr_tail=log.mask(tail("\n".join(pumps.err_tail))),
             log=log.path,
         )
     except BaseException:  # Ctrl-C: do not leave the child behind
@@ -145,12 +152,10 @@ def run(
         proc.wait()
         log.command(where, text, time.monotonic() - start, None)
         raise
-    for t in threads:
-        t.join()
-    seconds = time.monotonic() - start
-    log.command(where, text, seconds, code)
-    stdout = "\n".join(out_lines)
-    stderr = "\n".join(err_tail)
+    pumps.join()
+    log.command(where, text, time.monotonic() - start, code)
+    stdout = "\n".join(pumps.out_lines)
+    stderr = "\n".join(pumps.err_tail)
     if code != 0 and check:
         raise CommandError(
             error_message or f"{Path(str(cmd[0])).name} failed",

@@ -12,9 +12,9 @@ import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .errors import CommandError, tail
 from .runlog import Log
@@ -31,7 +31,7 @@ class SshConfig:
         return {"host": self.host, "port": self.port, "user": self.user, "identity_files": list(self.identity_files)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SshConfig":
+    def from_dict(cls, d: dict) -> SshConfig:
         return cls(d["host"], int(d["port"]), d["user"], tuple(d.get("identity_files", ())))
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from . import paths, providers
 from .driver import machine_id
@@ -397,11 +398,14 @@ class Engine:
             state = home.state()
             home.log.event(f"=== vmdock destroy {home.name} ===")
             if home.vagrantfile.exists() and state.provider:
-                self.events.task("vagrant destroy")
+                self.events.task("destroy")
                 t0 = time.monotonic()
-                self._driver(home, state.provider).destroy()
-                removed.append(f"machines ({state.provider})")
-                self.events.task_done("vagrant destroy", time.monotonic() - t0)
+                native = providers.get(state.provider).destroy(home.loaded, home.log)
+                if native is None:
+                    self._driver(home, state.provider).destroy()
+                    native = [f"machines ({state.provider})"]
+                removed += native
+                self.events.task_done("destroy", time.monotonic() - t0)
             # what Vagrant left; with no provider on record, whatever any provider may have left
             names = [state.provider] if state.provider else list(providers.NAMES)
             for p in names:

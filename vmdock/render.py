@@ -67,7 +67,7 @@ def boxes_catalog() -> dict:
 
 
 def lab_network(chapter: int) -> ipaddress.IPv4Network:
-    blocks = list(NETWORK_POOL.subnets(new_prefix=LAB_PREFIX))
+    blocks: list[ipaddress.IPv4Network] = list(NETWORK_POOL.subnets(new_prefix=LAB_PREFIX))  # type: ignore[arg-type]
     return blocks[chapter % len(blocks)]
 
 

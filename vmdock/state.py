@@ -48,7 +48,7 @@ class LabState:
         self.phase = Phase(self.phase)
 
     @classmethod
-    def load(cls, path: Path, lab: str) -> "LabState":
+    def load(cls, path: Path, lab: str) -> LabState:
         path = Path(path)
         if not path.exists():
             return cls(path=path, lab=lab)
@@ -115,7 +115,7 @@ class LabState:
     # steps ------------------------------------------------------------------
     def is_done(self, key: str, fingerprint: str) -> bool:
         rec = self.steps.get(key)
-        return bool(rec) and rec.get("fingerprint") == fingerprint
+        return rec is not None and rec.get("fingerprint") == fingerprint
 
     def mark_done(self, key: str, fingerprint: str, seconds: float, title: str = "") -> None:
         self.steps[key] = {"fingerprint": fingerprint, "title": title, "seconds": round(seconds, 2), "at": _now()}

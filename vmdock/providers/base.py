@@ -77,7 +77,7 @@ def quick_run(argv: list[str], log: Log | None, timeout: float = 30) -> subproce
 
     start = time.monotonic()
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired):
         if log is not None:
             log.command("host", " ".join(argv), time.monotonic() - start, None)
@@ -103,6 +103,9 @@ class Provider(ABC):
     uses_boxes: ClassVar[bool] = True
     #: what to say when `vagrant up` fails and the error has no hint
     up_hint: ClassVar[str | None] = None
+
+    def __init__(self, mirror: str | None = None):
+        self.mirror = mirror  # the apt mirror machine images are built from (docker)
 
     @abstractmethod
     def probe(self) -> Probe:
@@ -135,6 +138,11 @@ class Provider(ABC):
         None when the provider cannot tell (its tool is missing or failed):
         the caller then asks Vagrant.
         """
+
+    def destroy(self, lab: LoadedLab, log: Log) -> list[str] | None:
+        """Remove the lab's machines without Vagrant, when the provider can do it quicker
+        (say what was removed); None: `vagrant destroy` does it."""
+        return None
 
     def cleanup(self, lab: LoadedLab, log: Log) -> list[str]:
         """After `vagrant destroy`: remove what Vagrant leaves of THIS lab; say what."""

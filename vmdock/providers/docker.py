@@ -11,7 +11,15 @@ import os
 import shutil
 from typing import TYPE_CHECKING
 
-from .base import NOT_CREATED, RUNNING, Probe, Provider, Pruned, quick_run, unix_socket_answers
+from .base import (
+    NOT_CREATED,
+    RUNNING,
+    Probe,
+    Provider,
+    Pruned,
+    quick_run,
+    unix_socket_answers,
+)
 
 if TYPE_CHECKING:
     from ..events import Events
@@ -64,9 +72,6 @@ class DockerProvider(Provider):
     on_settings_changed = "recreate"
     default_hostname = True
     uses_boxes = False
-
-    def __init__(self, mirror: str | None = None):
-        self.mirror = mirror
 
     def probe(self) -> Probe:
         if not shutil.which("vagrant"):
@@ -121,6 +126,23 @@ class DockerProvider(Provider):
         found = container_states(proc.stdout)
         return {m: found.get(m, NOT_CREATED) for m in machines}
 
+    def destroy(self, lab: LoadedLab, log: Log) -> list[str] | None:
+        """`docker rm -f -v` of the lab's containers: a second, where `vagrant destroy`
+        takes 10–25 s (Vagrant's start, a graceful stop).  The machines are throwaway.
+        Vagrant's global machine index keeps a stale entry (`vagrant global-status --prune`)."""
+        removed = self._remove_containers(lab, log)
+        return [f"machines (docker: {removed} container(s))"] if removed else []
+
+    def _remove_containers(self, lab: LoadedLab, log: Log) -> int:
+        from ..runlog import run
+
+        if not docker_daemon()[0]:
+            return 0
+        ids = run(["docker", "ps", "-aq", "--filter", f"label={LAB_LABEL}={lab.name}"], log).stdout.split()
+        if ids:
+            run(["docker", "rm", "-f", "-v", *ids], log)
+        return len(ids)
+
     def cleanup(self, lab: LoadedLab, log: Log) -> list[str]:
         """Containers and networks of this lab that Vagrant left (never the shared machine image)."""
         from ..render import lab_network
@@ -129,10 +151,9 @@ class DockerProvider(Provider):
         if not docker_daemon()[0]:
             return []
         removed = []
-        ids = run(["docker", "ps", "-aq", "--filter", f"label={LAB_LABEL}={lab.name}"], log).stdout.split()
-        if ids:
-            run(["docker", "rm", "-f", "-v", *ids], log)
-            removed.append(f"{len(ids)} leftover container(s)")
+        left = self._remove_containers(lab, log)
+        if left:
+            removed.append(f"{left} leftover container(s)")
         subnet = str(lab_network(lab.lab.chapter))
         nets = run(["docker", "network", "ls", "-q", "--filter", f"name=vagrant_network_{subnet}"], log).stdout.split()
         for net in nets:
@@ -157,22 +178,29 @@ class DockerProvider(Provider):
             return []
         listed = run(["docker", "image", "ls", "--no-trunc", "--filter", f"label={images.ROLE_LABEL}",
                       "--format", "{{.ID}}\t{{.Repository}}:{{.Tag}}"], log).stdout
-        users = _image_users(log)
+        rows = [tuple(line.split("\t", 1)) for line in listed.splitlines() if "\t" in line]
         current = None if everything else self.current_machine_image()
         out = []
-        for line in listed.splitlines():
-            image_id, _, ref = line.partition("\t")
-            ref = image_id if "<none>" in ref else ref
-            if users.get(image_id):
-                out.append(Pruned(ref, False, "used by " + ", ".join(sorted(users[image_id]))))
-            elif ref == current:
-                out.append(Pruned(ref, False, "the current machine image: the next `vmdock up` uses it "
-                                              "(`vmdock prune --all` removes it too)"))
-            else:
-                result = run(["docker", "rmi", ref], log, check=False)
-                out.append(Pruned(ref, result.returncode == 0, "no lab uses it" if result.returncode == 0
-                                  else f"docker rmi failed: {result.stderr.strip()[:200]}"))
+        for ref, verdict in prune_verdicts(rows, _image_users(log), current):
+            if verdict is not None:
+                out.append(Pruned(ref, False, verdict))
+                continue
+            result = run(["docker", "rmi", ref], log, check=False)
+            ok = result.returncode == 0
+            out.append(Pruned(ref, ok, "no lab uses it" if ok else f"docker rmi failed: {result.stderr.strip()[:200]}"))
         return out
+
+
+def prune_verdicts(images: list[tuple[str, str]], users: dict[str, set[str]], current: str | None):
+    """(image id, repo:tag) rows → (ref, why it is kept, or None: remove it)."""
+    for image_id, ref in images:
+        ref = image_id if "<none>" in ref else ref
+        if users.get(image_id):
+            yield ref, "used by " + ", ".join(sorted(users[image_id]))
+        elif ref == current:
+            yield ref, "the current machine image: the next `vmdock up` uses it (`vmdock prune --all` removes it too)"
+        else:
+            yield ref, None
 
 
 def _image_users(log: Log) -> dict[str, set[str]]:

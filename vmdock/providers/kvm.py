@@ -134,7 +134,7 @@ def kvm_probe(log=None, *, refresh: bool = False, timeout: float = KVM_PROBE_TIM
         facts_file.parent.mkdir(parents=True, exist_ok=True)
         from ..runlog import Log
 
-        with images._file_lock(paths.cache_dir() / f"{images.HOST_FACTS_FILE}.lock", "host facts", log or Log(os.devnull), wait=60):
+        with images._file_lock(paths.cache_dir() / f"{images.HOST_FACTS_FILE}.lock", "host facts", log or Log(Path(os.devnull)), wait=60):
             facts = images._read_json(facts_file)
             facts[KVM_FACTS_KEY] = {
                 "usable": usable,

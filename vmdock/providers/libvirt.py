@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from .base import NOT_CREATED, Probe, Provider, quick_run, unix_socket_answers
@@ -67,7 +68,7 @@ def domain_type(on_info: Callable[[str], None] | None = None, log=None) -> str:
 
 def domain_name(lab: str, machine: str) -> str:
     """vagrant-libvirt's name for a machine's domain (default_prefix + machine, cleaned as it does)."""
-    return re.sub(r"[^-a-z0-9_.]", "", f"vmdock-{lab}-{machine}", flags=re.I)
+    return re.sub(r"[^-a-z0-9_.]", "", f"vmdock-{lab}-{machine}", flags=re.IGNORECASE)
 
 
 def domain_states(virsh_list: str) -> dict[str, str]:
@@ -89,9 +90,6 @@ class LibvirtProvider(Provider):
         "if Vagrant could not fetch the box (no Vagrant Cloud here?), build one offline with "
         "`vmdock box build` (libvirt) or point VMDOCK_BOX_URL_<BOX> at a mirror or a .box file"
     )
-
-    def __init__(self, mirror: str | None = None):
-        self.mirror = mirror
 
     def probe(self) -> Probe:
         if not shutil.which("vagrant"):

@@ -21,7 +21,7 @@ def kvm_holds_vtx() -> bool:
         mods = Path("/proc/modules").read_text()
     except OSError:
         return False
-    return any(line.startswith(("kvm_intel ", "kvm_amd ")) and not line.split()[2] == "0" for line in mods.splitlines())
+    return any(line.startswith(("kvm_intel ", "kvm_amd ")) and line.split()[2] != "0" for line in mods.splitlines())
 
 
 def vm_state(showvminfo: str) -> str | None:
@@ -45,9 +45,6 @@ class VirtualBoxProvider(Provider):
         "point VMDOCK_BOX_URL_<BOX> at a mirror or a .box file"
     )
 
-    def __init__(self, mirror: str | None = None):
-        self.mirror = mirror
-
     def probe(self) -> Probe:
         exe = _vboxmanage()
         if not exe:
@@ -55,7 +52,7 @@ class VirtualBoxProvider(Provider):
         if os.path.exists("/dev/kvm") and kvm_holds_vtx():
             return Probe(self.name, False, "KVM holds VT-x: VirtualBox cannot start VMs while kvm modules are loaded")
         try:
-            out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10)
+            out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return Probe(self.name, False, f"VBoxManage --version failed: {exc}")
         if out.returncode != 0:

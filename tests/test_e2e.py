@@ -97,6 +97,17 @@ def test_resume_after_failed_step(env, tmp_path):
         verify = vmdock(env, *args, "verify", "resume-lab")
         assert "3 passed, 0 failed" in verify.stdout
 
+        # a no-op `up` and `status` ask dockerd, not Vagrant; `status --refresh` asks Vagrant
+        before = log.read_text(encoding="utf-8")
+        again = vmdock(env, *args, "up", "resume-lab")
+        assert "nothing to do" in again.stdout
+        status = json.loads(vmdock(env, *args, "status", "resume-lab", "--json").stdout)[0]
+        assert status["machines"]["box"]["state"] == "running" and status["phase"] == "provisioned"
+        new = log.read_text(encoding="utf-8")[len(before):]
+        assert "docker ps -a --filter label=vmdock.lab=resume-lab" in new and "vagrant " not in new
+        vmdock(env, *args, "status", "resume-lab", "--refresh")
+        assert "vagrant status" in log.read_text(encoding="utf-8")[len(before) + len(new):]
+
         # a check broken on purpose fails verify and shows expected vs seen
         (labs / "resume-lab" / "lab.yaml").write_text(
             (labs / "resume-lab" / "lab.yaml").read_text().replace("contains: fixed", "contains: repaired")

@@ -278,3 +278,27 @@ def test_prune_keeps_what_a_lab_uses_and_the_current_machine_image():
     assert verdicts["vmdock/machine:debian12-used"] == "used by lab ch2-containers (vmdock-ch2-containers-docker)"
     assert "current machine image" in verdicts["vmdock/machine:debian12-now"]
     assert dict(prune_verdicts(rows, users, None))["vmdock/machine:debian12-now"] is None  # --all
+
+
+def test_render_options_never_build(tmp_path, monkeypatch):
+    """`vmdock render` in a new home with an empty cache: a tag, no debootstrap, no docker build."""
+    import subprocess
+
+    from vmdock.events import Events
+
+    monkeypatch.setenv("VMDOCK_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail(f"ran {a[0]}"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"ran {a[0]}"))
+    seen = Recorder()
+    values = DockerProvider().render_options(named_lab(), None, seen, build=False)
+    assert values["machine_image"] == "vmdock/machine:not-built-yet"
+    assert "--init" in values["create_args"]
+    assert any("not built yet" in e[1] for e in seen.events if e[0] == "info")
+    assert isinstance(seen, Events)
+
+
+def named_lab():
+    class _Lab:
+        name = "ch97-engine"
+
+    return _Lab()

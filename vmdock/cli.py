@@ -156,7 +156,7 @@ def _engine(events: Events | None = None, provider: Optional[str] = None, **sett
 @app.command("list")
 def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """Every lab: name, chapter, title, machines, offline-capable, state."""
-    from .engine import LabHome
+    from .labhome import LabHome
 
     labs, problems = discover(OPTS.labs_dirs)
     rows = []
@@ -277,11 +277,20 @@ def up(
     images_dir: Optional[Path] = typer.Option(
         None, "--images-dir", help="folder of `docker save` tarballs for labs that need images (also VMDOCK_IMAGES_DIR)"
     ),
+    no_steps: bool = typer.Option(False, "--no-steps", help="student mode: machines, Docker, base image, lab files; none of the steps"),
+    upto: Optional[str] = typer.Option(None, "--upto", metavar="STEP", help="stop after this step (its number or name)"),
+    no_image: bool = typer.Option(False, "--no-image", help="do not start from a lab image: the full path"),
 ):
     """Render, bring the machines up, install Docker and run the case's steps (resumes where it stopped)."""
     events = RichEvents(OPTS.verbose)
     with events:
-        result = _engine(events, provider, images_dir=str(images_dir) if images_dir else None).up(lab)
+        result = _engine(events, provider, images_dir=str(images_dir) if images_dir else None).up(
+            lab, upto=upto, no_steps=no_steps, use_images=not no_image
+        )
+    _print_up(result)
+
+
+def _print_up(result) -> None:
     if result.ran == 0:
         console.print(f"[green]{result.lab} is up[/]: nothing to do, {result.skipped} steps already done ({result.seconds:.1f}s)")
     else:
@@ -290,6 +299,17 @@ def up(
             + (f", {result.skipped} already done" if result.skipped else "")
             + f" in {result.seconds:.1f}s. Next: vmdock verify {result.lab}"
         )
+
+
+@app.command()
+def reset(lab: str = LabArg):
+    """Make the lab's machines anew, as `up` left them (from the lab image; in student mode without steps)."""
+    from .classroom import Classroom
+
+    events = RichEvents(OPTS.verbose)
+    with events:
+        result = Classroom(_engine(events)).reset(lab)
+    _print_up(result)
 
 
 @app.command()
@@ -350,7 +370,8 @@ def status(
     for r in rows:
         machines = "\n".join(f"{m}: {v['state']}" + (f" ({v['ssh']})" if v["ssh"] else "") for m, v in r["machines"].items())
         err = r["last_error"]["message"] if r["last_error"] else ""
-        table.add_row(r["lab"], r["provider"] or "-", r["phase"], escape(machines), str(r["steps_done"]), r["last_good_step"] or "-", escape(err))
+        phase = r["phase"] + f"\n[dim]{escape(r['mode'])}[/]" + ("\n[dim]from lab images[/]" if r["lab_images"] else "")
+        table.add_row(r["lab"], r["provider"] or "-", phase, escape(machines), str(r["steps_done"]), r["last_good_step"] or "-", escape(err))
     console.print(table)
 
 
@@ -385,7 +406,7 @@ def prune(
     everything: bool = typer.Option(False, "--all", help="the current machine image too"),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Remove the shared images (machine images) that no lab on this host uses; say what is kept and why."""
+    """Remove the shared images (machine images, lab images) no lab on this host uses; say what is kept and why."""
     rows = _engine().prune(everything)
     if as_json:
         sys.stdout.write(json.dumps([{"image": r.image, "removed": r.removed, "why": r.why} for r in rows], indent=2) + "\n")
@@ -414,6 +435,51 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
         console.print(table)
     if not any(r["status"] == "ok" and r["name"].startswith("provider ") for r in rows):
         raise typer.Exit(1)
+
+
+# -- lab images -------------------------------------------------------------------
+
+image_app = typer.Typer(no_args_is_help=True, help="Lab images: a lab's machines after its steps, to start `up` and `reset` from.")
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+def image_build(
+    lab: str = LabArg,
+    no_steps: bool = typer.Option(False, "--no-steps", help="the student-mode lab (no steps; its checks are not run)"),
+):
+    """Bring the lab up if needed, verify it, and capture each machine as a lab image."""
+    from .classroom import Classroom
+
+    events = RichEvents(OPTS.verbose)
+    start = time.monotonic()
+    with events:
+        made = Classroom(_engine(events)).build_image(lab, no_steps=no_steps)
+    console.print(f"[green]{len(made)} lab image(s)[/] in {time.monotonic() - start:.0f}s: " + ", ".join(i.tag for i in made),
+                  highlight=False)
+
+
+@image_app.command("list")
+def image_list(as_json: bool = typer.Option(False, "--json")):
+    """Every lab image on this host: lab, provider, machine, size, fingerprint, built when."""
+    from .classroom import Classroom
+
+    rows = [{"lab": i.lab, "provider": i.provider, "machine": i.machine, "image": i.tag, "size": i.size,
+             "fingerprint": i.fingerprint, "steps": len(i.steps), "built_at": i.built_at, "vmdock": i.version}
+            for i in Classroom(_engine()).list_images()]
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        return
+    if not rows:
+        console.print("no lab image on this host (`vmdock image build LAB` makes one)")
+        return
+    table = Table(title="vmdock lab images")
+    for col in ("lab", "provider", "machine", "image", "size", "fingerprint", "items", "built"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["lab"], r["provider"], r["machine"], escape(r["image"]), f"{r['size'] / 1e6:.0f} MB",
+                      r["fingerprint"][:16], str(r["steps"]), r["built_at"])
+    console.print(table)
 
 
 # -- boxes ------------------------------------------------------------------------

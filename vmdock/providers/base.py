@@ -23,6 +23,7 @@ from ..errors import ProviderError
 
 if TYPE_CHECKING:
     from ..events import Events
+    from ..labimages import LabImage
     from ..loader import LoadedLab
     from ..runlog import Log
 
@@ -103,6 +104,8 @@ class Provider(ABC):
     uses_boxes: ClassVar[bool] = True
     #: what to say when `vagrant up` fails and the error has no hint
     up_hint: ClassVar[str | None] = None
+    #: whether ``capture``/``restore``/``lab_images`` work (lab images)
+    supports_lab_images: ClassVar[bool] = False
 
     def __init__(self, mirror: str | None = None):
         self.mirror = mirror  # the apt mirror machine images are built from (docker)
@@ -112,11 +115,19 @@ class Provider(ABC):
         """Whether the provider can work on this host, cheaply (no `vagrant` call)."""
 
     @abstractmethod
-    def render_options(self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True) -> dict:
+    def render_options(
+        self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True, lab_images: dict[str, str] | None = None
+    ) -> dict:
         """What ``Vagrantfile.j2``'s block for this provider needs beyond the lab.
 
         ``build`` false (``vmdock render``): compute, never build anything.
+        ``lab_images``: machine → the lab image to make it from.
         """
+
+    def base_image(self) -> str:
+        """What the machines are made from, when it can be told without building (a lab
+        image's base includes it): the docker machine image's tag; '' for box-based VMs."""
+        return ""
 
     def check_options(self, options: dict) -> None:
         """Refuse options the template cannot render (a ConfigError)."""
@@ -155,10 +166,15 @@ class Provider(ABC):
         """
         return []
 
+    def lab_images(self, log: Log) -> list[LabImage]:
+        """Every lab image of this provider on this host."""
+        return []
+
     def capture(self, lab: LoadedLab, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
-        """Save a machine as a lab image named ``tag``; return its id."""
+        """Save a machine of a lab that is up as a lab image named ``tag``; return its id.
+        The machine runs on as it was."""
         raise ProviderError(f"the {self.name} provider cannot capture lab images (not supported yet)")
 
-    def restore(self, lab: LoadedLab, machine: str, tag: str, log: Log) -> None:
-        """Make a machine's first start from a lab image complete (data the image keeps aside)."""
+    def restore(self, lab: LoadedLab, machine: str, log: Log) -> None:
+        """Check (or complete) a machine's first start from a lab image; raise when it failed."""
         raise ProviderError(f"the {self.name} provider cannot start from lab images (not supported yet)")

@@ -23,6 +23,7 @@ from .base import (
 
 if TYPE_CHECKING:
     from ..events import Events
+    from ..labimages import LabImage
     from ..loader import LoadedLab
     from ..runlog import Log
 
@@ -72,6 +73,7 @@ class DockerProvider(Provider):
     on_settings_changed = "recreate"
     default_hostname = True
     uses_boxes = False
+    supports_lab_images = True
 
     def probe(self) -> Probe:
         if not shutil.which("vagrant"):
@@ -83,25 +85,25 @@ class DockerProvider(Provider):
             return Probe(self.name, False, f"dockerd is not reachable: {detail}")
         return Probe(self.name, True, "dockerd answers; machines are containers running sshd and their own dockerd")
 
-    def render_options(self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True) -> dict:
+    def render_options(
+        self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True, lab_images: dict[str, str] | None = None
+    ) -> dict:
         import time
 
         from .. import images
 
         if not build:
-            rootfs = images.rootfs_path()
-            if rootfs.exists():
-                image = images.machine_image_tag(rootfs, images.apt_mirror(self.mirror))
-            else:
+            image = self.base_image()
+            if not image:
                 image = f"{images.MACHINE_IMAGE_REPO}:not-built-yet"
                 events.info(f"the machine image is not built yet: `vmdock up {lab.name}` builds it")
-            return {"machine_image": image, "create_args": _cached_create_args()}
+            return {"machine_image": image, "create_args": _cached_create_args(), "lab_images": dict(lab_images or {})}
         events.task("machine image")
         start = time.monotonic()
         image = images.ensure_machine_image(log, mirror=self.mirror, on_line=lambda line: events.line("image", line))
         args = images.machine_create_args(log)
         events.task_done("machine image", time.monotonic() - start)
-        return {"machine_image": image, "create_args": args}
+        return {"machine_image": image, "create_args": args, "lab_images": dict(lab_images or {})}
 
     def check_options(self, options: dict) -> None:
         from ..errors import ConfigError
@@ -163,23 +165,50 @@ class DockerProvider(Provider):
                 removed.append(f"network {net[:12]}")
         return removed
 
-    def current_machine_image(self) -> str | None:
-        """The machine image `up` would use now, when it can be told without building."""
+    def base_image(self) -> str:
+        """The machine image `up` would use now ('' when its rootfs is not built: no tag yet)."""
         from .. import images
 
         rootfs = images.rootfs_path()
-        return images.machine_image_tag(rootfs, images.apt_mirror(self.mirror)) if rootfs.exists() else None
+        return images.machine_image_tag(rootfs, images.apt_mirror(self.mirror)) if rootfs.exists() else ""
+
+    def lab_images(self, log: Log) -> list[LabImage]:
+        from ..labimages import ROLE, LabImage
+        from .docker_capture import list_images
+
+        if not docker_daemon()[0]:
+            return []
+        found = (LabImage.from_labels(tag, labels, size) for tag, labels, size in list_images(log, f"vmdock.role={ROLE}"))
+        return [i for i in found if i is not None and i.provider == self.name]
+
+    def capture(self, lab: LoadedLab, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
+        from ..provision import provisioner
+        from ..render import container_name
+        from .docker_capture import capture
+
+        return capture(container_name(lab.name, machine), tag, labels, provisioner("start-docker.sh"), log)
+
+    def restore(self, lab: LoadedLab, machine: str, log: Log) -> None:
+        from ..render import container_name
+        from .docker_capture import restore_status
+
+        restore_status(container_name(lab.name, machine), log)
 
     def prune(self, log: Log, *, everything: bool = False) -> list[Pruned]:
+        """Machine images and lab images that no container on this host was made from."""
         from .. import images
         from ..runlog import run
 
         if not docker_daemon()[0]:
             return []
-        listed = run(["docker", "image", "ls", "--no-trunc", "--filter", f"label={images.ROLE_LABEL}",
-                      "--format", "{{.ID}}\t{{.Repository}}:{{.Tag}}"], log).stdout
-        rows = [tuple(line.split("\t", 1)) for line in listed.splitlines() if "\t" in line]
-        current = None if everything else self.current_machine_image()
+        from ..labimages import ROLE
+
+        rows = []
+        for role in (images.ROLE_LABEL, f"vmdock.role={ROLE}"):  # machine images, lab images
+            listed = run(["docker", "image", "ls", "--no-trunc", "--filter", f"label={role}",
+                          "--format", "{{.ID}}\t{{.Repository}}:{{.Tag}}"], log).stdout
+            rows += [tuple(line.split("\t", 1)) for line in listed.splitlines() if "\t" in line]
+        current = None if everything else self.base_image()
         out = []
         for ref, verdict in prune_verdicts(rows, _image_users(log), current):
             if verdict is not None:

@@ -30,12 +30,11 @@ from . import __version__
 from .providers import NAMES as PROVIDER_NAMES
 from .errors import ConfigError, VmdockError
 from .events import Events
-from .loader import discover, resolve
+from .loader import LAB_FILE, discover, resolve, search_path
 from .model import Lab as LabModel
 from .settings import Settings
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     help="Hands-on Docker labs (《Docker开发实践》) in virtual machines: `vmdock up LAB`, then `vmdock verify LAB`.",
     pretty_exceptions_enable=False,
@@ -52,7 +51,15 @@ class _Opts:
 
 OPTS = _Opts()
 
-LabArg = typer.Argument(..., help="lab name (ch6-lamp), chapter (ch6) or number (6)")
+
+def _complete_lab(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Lab names for shell completion: folder names on the search path, no lab.yaml parsed."""
+    extra = ctx.find_root().params.get("labs_dir") or []
+    names = {f.parent.name for d in search_path(list(extra)) if d.is_dir() for f in d.glob(f"*/{LAB_FILE}")}
+    return sorted(n for n in names if n.startswith(incomplete))
+
+
+LabArg = typer.Argument(..., help="lab name (ch6-lamp), chapter (ch6) or number (6)", autocompletion=_complete_lab)
 
 
 def _print_version(value: bool) -> None:
@@ -531,6 +538,91 @@ def box_list(as_json: bool = typer.Option(False, "--json")):
         reg = "yes" if r["registered"] else ("no" if r["vmdock_box"] else "-")
         table.add_row(f"{r['box']}\n[dim]{escape(r['title'])}[/]", r["provider"], escape(uses), escape(built), reg)
     console.print(table)
+
+
+# -- bundles ----------------------------------------------------------------------
+
+bundle_app = typer.Typer(
+    no_args_is_help=True,
+    help="One file with everything some labs need offline: export where the network is, import in the classroom.",
+)
+app.add_typer(bundle_app, name="bundle")
+
+
+@bundle_app.command("export")
+def bundle_export(
+    file: Path = typer.Argument(..., help="the bundle to write (e.g. class.vmdock)"),
+    labs: list[str] = typer.Argument(
+        ..., help="labs to carry (names, chapters or numbers)", autocompletion=_complete_lab
+    ),
+    images_dir: Path | None = typer.Option(
+        None, "--images-dir", help="folder of `docker save` tarballs for online labs (also VMDOCK_IMAGES_DIR)"
+    ),
+    level: int = typer.Option(3, "--level", min=1, max=19, help="zstd level (3: fast to unpack, measured)"),
+):
+    """Write the machine image, lab images, rootfs, boxes and needed image tarballs of LABS into FILE."""
+    from . import bundle
+
+    loaded = [resolve(name, OPTS.labs_dirs) for name in dict.fromkeys(labs)]
+    settings = Settings.from_env(images_dir=str(images_dir) if images_dir else None)
+    start = time.monotonic()
+    with RichEvents(OPTS.verbose) as events:
+        manifest = bundle.export(file, loaded, settings, events, bundle.log_file(), level=level)
+    size = sum(m.size for m in manifest.members)
+    console.print(f"[green]{escape(str(file))}[/]: {len(manifest.members)} members, {size / 1e6:.0f} MB, "
+                  f"labs {escape(', '.join(e.name for e in manifest.labs))} ({time.monotonic() - start:.0f}s)")
+
+
+@bundle_app.command("import")
+def bundle_import(file: Path = typer.Argument(..., help="a bundle made by `vmdock bundle export`")):
+    """Check every member of FILE, then load its images and put its files into the cache (all or nothing)."""
+    from . import bundle
+
+    start = time.monotonic()
+    with RichEvents(OPTS.verbose) as events:
+        outcomes = bundle.import_bundle(file, events, bundle.log_file())
+        notes = bundle.lab_notes(bundle.read_manifest(file), OPTS.labs_dirs)
+    for o in outcomes:
+        what = ", ".join(r.ref for r in o.member.images) if o.member.kind == "docker-images" else o.member.target
+        note = f" [dim]({escape(o.note)})[/]" if o.note else ""
+        console.print(f"{o.status}: {o.member.kind} {escape(what)}{note}", soft_wrap=True)
+    for line in notes:
+        console.print(f"[yellow]note[/]: {escape(line)}", soft_wrap=True)
+    console.print(f"[green]{escape(str(file))} imported[/] ({time.monotonic() - start:.0f}s)")
+
+
+@bundle_app.command("inspect")
+def bundle_inspect(
+    file: Path = typer.Argument(..., help="a bundle"),
+    as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
+):
+    """Show a bundle's manifest (members, labs, notes) without importing anything."""
+    from . import bundle
+
+    manifest = bundle.read_manifest(file)
+    if as_json:
+        sys.stdout.write(manifest.model_dump_json(indent=2) + "\n")
+        return
+    made = f"made by vmdock {manifest.vmdock_version} at {manifest.created}"
+    console.print(f"vmdock bundle v{manifest.format_version}, {made}", markup=False, highlight=False)
+    table = Table(title=str(file))
+    for col in ("member", "kind", "size", "content", "sha256"):
+        table.add_column(col, overflow="fold")
+    for m in manifest.members:
+        content = "\n".join(r.ref for r in m.images) or m.target
+        table.add_row(escape(m.path), m.kind, f"{m.size / 1e6:.1f} MB", escape(content), m.sha256[:16])
+    console.print(table)
+    for e in manifest.labs:
+        lab_images = escape(", ".join(e.lab_images) or "none")
+        console.print(f"lab {escape(e.name)} [dim]{e.fingerprint[:16]}[/]: lab images {lab_images}"
+                      + (f"; needs {escape(', '.join(e.needs_images))}" if e.needs_images else ""))
+        for note in e.notes:
+            console.print(f"  [yellow]note[/]: {escape(note)}")
+    for note in manifest.notes:
+        console.print(f"[yellow]note[/]: {escape(note)}")
+
+
+bundle_app.command("list", help="Same as `inspect`.")(bundle_inspect)
 
 
 # -- entry point ------------------------------------------------------------------

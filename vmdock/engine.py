@@ -124,7 +124,7 @@ class Engine:
         limit = 0 if no_steps else step_limit(home.loaded, upto)
         start = time.monotonic()
         # containerlab's rule: find out what is missing before creating anything (no state, no lock file)
-        image_tarballs = needs.check(home.loaded.lab, self.settings, loaded=home.state().images)
+        image_tarballs = needs.check(home.loaded.lab, self.settings, loaded=home.state().images, on_info=self.events.info)
         with lab_lock(home.home, home.name, "up"):
             state = home.state()
             home.log.event(f"=== vmdock up {home.name} ===")

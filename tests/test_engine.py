@@ -137,7 +137,7 @@ def fake_provider(world: World, base: type):
         def restore(self, lab, machine, log):
             world.restored.append(machine)
 
-        def destroy(self, lab, log):
+        def destroy(self, lab, log, *, background=False):
             return None  # Vagrant (the fake driver) destroys
 
         def cleanup(self, lab, log):
@@ -357,6 +357,7 @@ def test_lab_image_build_then_up_and_reset_from_it_run_no_step(setup):
     engine, world, _ = setup()
     made = Classroom(engine).build_image("ch97-engine")  # brings it up, verifies, captures
     assert [i.machine for i in made] == ["web", "db"] and len(world.images) == 2
+    assert engine.lab("ch97-engine").state().lab_images == {i.machine: i.tag for i in made}  # reset goes back to them
     assert made[0].tag.startswith("vmdock/lab-ch97-engine-web:") and len(made[0].steps) == len(engine.lab("ch97-engine").state().plan)
     engine.destroy("ch97-engine")
     world.scripts.clear()

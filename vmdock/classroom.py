@@ -107,6 +107,9 @@ class Classroom:
             provider.capture(home.loaded, machine, image.tag, image.labels(), home.log)
             self.events.task_done(f"capture {machine} → {image.tag}", time.monotonic() - t0)
             made.append(image)
+        # the machines are now what these images hold: `reset` goes back to them
+        state.lab_images = {image.machine: image.tag for image in made}
+        state.save()
         return made
 
     def list_images(self) -> list[LabImage]:
@@ -129,7 +132,7 @@ class Classroom:
             if not state.lab_images:
                 self.events.info("the lab was not made from lab images: reset takes the full path "
                                  f"(`vmdock image build {home.name}` makes one)")
-            engine.remove_machines(home, state)
+            engine.remove_machines(home, state, background=True)
             limit = state.steps_upto
             state.machines.clear()
             state.steps.clear()

@@ -150,9 +150,10 @@ class Provider(ABC):
         the caller then asks Vagrant.
         """
 
-    def destroy(self, lab: LoadedLab, log: Log) -> list[str] | None:
+    def destroy(self, lab: LoadedLab, log: Log, *, background: bool = False) -> list[str] | None:
         """Remove the lab's machines without Vagrant, when the provider can do it quicker
-        (say what was removed); None: `vagrant destroy` does it."""
+        (say what was removed); None: `vagrant destroy` does it.  ``background``: what takes
+        long may go on after this returns, as long as new machines can be made at once."""
         return None
 
     def cleanup(self, lab: LoadedLab, log: Log) -> list[str]:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 #: the labels vmdock's Vagrantfile puts on every machine container
 LAB_LABEL = "vmdock.lab"
 MACHINE_LABEL = "vmdock.machine"
+#: the name of a machine container `reset` threw away, while it is being removed
+RETIRED_PREFIX = "vmdock-retired-"
 
 
 def docker_daemon() -> tuple[bool, str]:
@@ -44,11 +46,13 @@ def docker_daemon() -> tuple[bool, str]:
 
 
 def container_states(ps_lines: str) -> dict[str, str]:
-    """``docker ps -a`` lines ``<machine label>\\t<State>`` → machine → Vagrant state."""
+    """``docker ps -a`` lines ``<machine label>\\t<State>\\t<name>`` → machine → Vagrant state
+    (containers that `reset` retired, being removed, left out)."""
     out: dict[str, str] = {}
     for line in ps_lines.splitlines():
-        machine, sep, state = line.partition("\t")
-        if not sep or not machine:
+        machine, sep, rest = line.partition("\t")
+        state, _, name = rest.partition("\t")
+        if not sep or not machine or name.startswith(RETIRED_PREFIX):
             continue
         # Vagrant's docker provider: running when `docker ps` lists it, else stopped
         out[machine] = RUNNING if state.strip() in ("running", "restarting") else "stopped"
@@ -120,7 +124,7 @@ class DockerProvider(Provider):
     def native_status(self, lab: str, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
         proc = quick_run(
             ["docker", "ps", "-a", "--filter", f"label={LAB_LABEL}={lab}",
-             "--format", '{{.Label "' + MACHINE_LABEL + '"}}\t{{.State}}'],
+             "--format", '{{.Label "' + MACHINE_LABEL + '"}}\t{{.State}}\t{{.Names}}'],
             log,
         )
         if proc is None or proc.returncode != 0:
@@ -128,22 +132,55 @@ class DockerProvider(Provider):
         found = container_states(proc.stdout)
         return {m: found.get(m, NOT_CREATED) for m in machines}
 
-    def destroy(self, lab: LoadedLab, log: Log) -> list[str] | None:
-        """`docker rm -f -v` of the lab's containers: a second, where `vagrant destroy`
+    def destroy(self, lab: LoadedLab, log: Log, *, background: bool = False) -> list[str] | None:
+        """`docker rm -f -v` of the lab's containers: seconds, where `vagrant destroy`
         takes 10–25 s (Vagrant's start, a graceful stop).  The machines are throwaway.
-        Vagrant's global machine index keeps a stale entry (`vagrant global-status --prune`)."""
+        Vagrant's global machine index keeps a stale entry (`vagrant global-status --prune`).
+
+        ``background``: rename and kill them (names, ports and addresses are free at once for
+        new machines) and leave their removal (deleting the inner Docker's data takes
+        seconds) to a `docker rm` that runs on by itself."""
+        if background:
+            return self._retire(lab, log)
         removed = self._remove_containers(lab, log)
         return [f"machines (docker: {removed} container(s))"] if removed else []
+
+    def _lab_containers(self, lab: LoadedLab, log: Log) -> list[str]:
+        from ..runlog import run
+
+        if not docker_daemon()[0]:
+            return []
+        return run(["docker", "ps", "-aq", "--no-trunc", "--filter", f"label={LAB_LABEL}={lab.name}"], log).stdout.split()
 
     def _remove_containers(self, lab: LoadedLab, log: Log) -> int:
         from ..runlog import run
 
-        if not docker_daemon()[0]:
-            return 0
-        ids = run(["docker", "ps", "-aq", "--filter", f"label={LAB_LABEL}={lab.name}"], log).stdout.split()
+        ids = self._lab_containers(lab, log)
         if ids:
-            run(["docker", "rm", "-f", "-v", *ids], log)
+            result = run(["docker", "rm", "-f", "-v", *ids], log, check=False)
+            # one retired by `reset` may be going already: that is no failure
+            if result.returncode != 0 and not all(
+                "already in progress" in line or "No such container" in line
+                for line in result.stderr.splitlines() if line.strip()
+            ):
+                run(["docker", "rm", "-f", "-v", *ids], log)  # raises with the error
         return len(ids)
+
+    def _retire(self, lab: LoadedLab, log: Log) -> list[str]:
+        import subprocess
+
+        from ..runlog import run
+
+        ids = self._lab_containers(lab, log)
+        for cid in ids:
+            run(["docker", "rename", cid, f"{RETIRED_PREFIX}{cid[:12]}"], log, check=False)
+        if ids:
+            run(["docker", "kill", *ids], log, check=False)  # a stopped one answers "is not running"
+            cmd = ["docker", "rm", "-f", "-v", *ids]
+            subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+            log.event(f"host$ {' '.join(cmd)}  (left running in the background)")
+        return [f"machines (docker: {len(ids)} container(s) killed, removed in the background)"] if ids else []
 
     def cleanup(self, lab: LoadedLab, log: Log) -> list[str]:
         """Containers and networks of this lab that Vagrant left (never the shared machine image)."""

@@ -190,7 +190,7 @@ class Engine:
         if seeds or down or set(state.machines) != set(ids) or any(
             rec.get("id") != ids[m] or "ssh" not in rec for m, rec in state.machines.items()
         ):
-            configs = driver.ssh_config()
+            configs = provider.ssh_configs(home.loaded, list(ids), home.log) or driver.ssh_config()
             missing = [m for m in ids if m not in configs]
             if missing:
                 raise CommandError(

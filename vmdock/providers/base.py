@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from ..errors import ProviderError
 
 if TYPE_CHECKING:
+    from ..driver import SshConfig
     from ..events import Events
     from ..labimages import LabImage
     from ..loader import LoadedLab
@@ -149,6 +150,11 @@ class Provider(ABC):
         None when the provider cannot tell (its tool is missing or failed):
         the caller then asks Vagrant.
         """
+
+    def ssh_configs(self, lab: LoadedLab, machines: list[str], log: Log) -> dict[str, SshConfig] | None:
+        """Each running machine's SSH settings, asked of the provider (a `vagrant ssh-config`
+        costs seconds); None: ask Vagrant."""
+        return None
 
     def destroy(self, lab: LoadedLab, log: Log, *, background: bool = False) -> list[str] | None:
         """Remove the lab's machines without Vagrant, when the provider can do it quicker

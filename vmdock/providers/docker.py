@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .base import (
@@ -22,6 +23,7 @@ from .base import (
 )
 
 if TYPE_CHECKING:
+    from ..driver import SshConfig
     from ..events import Events
     from ..labimages import LabImage
     from ..loader import LoadedLab
@@ -131,6 +133,29 @@ class DockerProvider(Provider):
             return None
         found = container_states(proc.stdout)
         return {m: found.get(m, NOT_CREATED) for m in machines}
+
+    def ssh_configs(self, lab: LoadedLab, machines: list[str], log: Log) -> dict[str, SshConfig] | None:
+        """What `vagrant ssh-config` says of a docker machine, from one `docker inspect`: the
+        host port Vagrant published for 22, user vagrant and Vagrant's insecure key (the
+        Vagrantfile keeps it: ``config.ssh.insert_key = false``)."""
+        from ..driver import SshConfig
+        from ..render import container_name
+
+        key = Path(os.environ.get("VAGRANT_HOME") or Path.home() / ".vagrant.d") / "insecure_private_key"
+        if not key.is_file():
+            return None
+        names = [container_name(lab.name, m) for m in machines]
+        proc = quick_run(["docker", "inspect", "-f", "{{json .NetworkSettings.Ports}}", *names], log)
+        if proc is None or proc.returncode != 0:
+            return None
+        out = {}
+        for machine, line in zip(machines, proc.stdout.splitlines(), strict=False):
+            ssh = (json.loads(line or "null") or {}).get("22/tcp") or []
+            if not ssh:
+                return None
+            host = ssh[0].get("HostIp") or "127.0.0.1"
+            out[machine] = SshConfig("127.0.0.1" if host == "0.0.0.0" else host, int(ssh[0]["HostPort"]), "vagrant", (str(key),))
+        return out if len(out) == len(machines) else None
 
     def destroy(self, lab: LoadedLab, log: Log, *, background: bool = False) -> list[str] | None:
         """`docker rm -f -v` of the lab's containers: seconds, where `vagrant destroy`

@@ -56,7 +56,7 @@ elif [ -x /etc/init.d/docker ]; then
 fi
 for _ in $(seq 1 120); do pgrep -x dockerd >/dev/null || pgrep -x containerd >/dev/null || break; sleep 0.5; done
 if pgrep -x dockerd >/dev/null; then echo "dockerd did not stop in 60 s" >&2; exit 1; fi
-rm -f {DATA_TAR}
+rm -f {DATA_TAR} {STATUS}
 tar {TAR_FLAGS} -cpf {DATA_TAR} -C /var/lib/docker .
 """
 
@@ -67,6 +67,7 @@ _HOOK = f"""\
 # layer cannot hold overlay2 data), goes back into the empty /var/lib/docker
 # volume; then dockerd starts (vmdock's start-docker.sh) and the containers
 # that ran when the image was made start again; then the machine's init.
+rm -f {STATUS}
 {{
     echo "vmdock-lab-start: $(date -u +%FT%TZ)"
     status=ok
@@ -80,7 +81,7 @@ _HOOK = f"""\
         xargs -r docker start < {RUNNING} >/dev/null || status="starting the lab's containers failed"
     fi
     echo "$status" > {STATUS}
-    echo "vmdock-lab-start: $status"
+    echo "vmdock-lab-start: $(date -u +%FT%TZ) $status"
 }} >>{HOOK_LOG} 2>&1
 exec {MACHINE_INIT} "$@"
 """

@@ -77,7 +77,8 @@ def lab_image(vmdock: list[str], lab: str, env: dict) -> list[dict]:
     seconds, code, out = timed(vmdock + ["up", lab], env)
     if code != 0:
         sys.stderr.write(out)
-        return [{"step": "up (to start from)", "command": f"vmdock up {lab}", "seconds": round(seconds, 2), "exit": code}]
+        return [{"step": "up (to start from)", "command": f"vmdock up {lab}", "seconds": round(seconds, 2),
+                 "exit": code}]
     rows = []
     for name, template, target in LAB_IMAGE:
         argv = [a.format(lab=lab) for a in template]
@@ -94,7 +95,8 @@ def fast_paths(vmdock: list[str], lab: str, env: dict, repeat: int) -> list[dict
     seconds, code, out = timed(vmdock + ["up", lab], env)
     if code != 0:
         sys.stderr.write(out)
-        return [{"step": "up (to start from)", "command": f"vmdock up {lab}", "seconds": round(seconds, 2), "exit": code}]
+        return [{"step": "up (to start from)", "command": f"vmdock up {lab}", "seconds": round(seconds, 2),
+                 "exit": code}]
     rows = []
     for name, template, target in FAST_PATHS + [("destroy", ["destroy", "{lab}"], 5.0)]:
         argv = [a.format(lab=lab) for a in template]

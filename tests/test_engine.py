@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vmdock.driver import SshConfig
 from vmdock.classroom import Classroom
+from vmdock.driver import SshConfig
 from vmdock.engine import Engine
 from vmdock.errors import ConfigError, ProvisionError, StateError
-from vmdock.labimages import LabImage
 from vmdock.events import Recorder
+from vmdock.labimages import LabImage
 from vmdock.lifecycle import Phase
 from vmdock.providers import NOT_CREATED, RUNNING
 from vmdock.providers.docker import DockerProvider, prune_verdicts
@@ -124,7 +124,8 @@ class FakeTransport:
 def fake_provider(world: World, base: type):
     class Fake(base):  # type: ignore[misc, valid-type]
         def render_options(self, lab, log, events, *, build=True, lab_images=None):
-            return {"machine_image": "vmdock/fake:1", "create_args": [], "domain_type": "qemu", "lab_images": lab_images or {}}
+            return {"machine_image": "vmdock/fake:1", "create_args": [], "domain_type": "qemu",
+                    "lab_images": lab_images or {}}
 
         def lab_images(self, log):
             return list(world.images)
@@ -361,7 +362,8 @@ def test_lab_image_build_then_up_and_reset_from_it_run_no_step(setup):
     made = Classroom(engine).build_image("ch97-engine")  # brings it up, verifies, captures
     assert [i.machine for i in made] == ["web", "db"] and len(world.images) == 2
     assert engine.lab("ch97-engine").state().lab_images == {i.machine: i.tag for i in made}  # reset goes back to them
-    assert made[0].tag.startswith("vmdock/lab-ch97-engine-web:") and len(made[0].steps) == len(engine.lab("ch97-engine").state().plan)
+    assert made[0].tag.startswith("vmdock/lab-ch97-engine-web:")
+    assert len(made[0].steps) == len(engine.lab("ch97-engine").state().plan)
     engine.destroy("ch97-engine")
     world.scripts.clear()
     result = engine.up("ch97-engine")
@@ -383,7 +385,8 @@ def test_a_changed_step_runs_again_on_top_of_the_image(setup):
     engine, world, _ = setup()
     Classroom(engine).build_image("ch97-engine")
     engine.destroy("ch97-engine")
-    changed = dict(LAB, steps=[*LAB["steps"][:9], {"name": "step 10", "run": "echo changed", "on": ["web"]}, LAB["steps"][10]])
+    step10 = {"name": "step 10", "run": "echo changed", "on": ["web"]}
+    changed = dict(LAB, steps=[*LAB["steps"][:9], step10, LAB["steps"][10]])
     engine, world2, events = setup(lab=changed)
     world2.images = world.images
     engine.up("ch97-engine")

@@ -28,7 +28,9 @@ class Classroom:
         self.engine = engine
         self.events = engine.events
 
-    def seeds(self, home: LabHome, state: LabState, provider: providers.Provider, limit: int | None) -> dict[str, LabImage]:
+    def seeds(
+        self, home: LabHome, state: LabState, provider: providers.Provider, limit: int | None
+    ) -> dict[str, LabImage]:
         """The lab images new machines are made from (machine → image): the ones the lab was
         made from before (`reset`), else the best match; {} when none fits."""
         found = [i for i in provider.lab_images(home.log) if i.lab == home.name]
@@ -46,7 +48,8 @@ class Classroom:
         if choice.images:
             sample = next(iter(choice.images.values()))
             self.events.info(f"starting from the lab image {', '.join(i.tag for i in choice.images.values())} "
-                             f"(built {sample.built_at}, {len(sample.steps)} items done); `--no-image` takes the full path")
+                             f"(built {sample.built_at}, {len(sample.steps)} items done); "
+                             "`--no-image` takes the full path")
         return choice.images
 
     def build_image(self, name: str, *, no_steps: bool = False) -> list[LabImage]:
@@ -57,7 +60,8 @@ class Classroom:
         engine = self.engine
         home = engine.lab(name)
         state = home.state()
-        provider = engine.provider_of(state) if state.provider and state.machines else engine.choose_provider(home, state)
+        made = state.provider and state.machines
+        provider = engine.provider_of(state) if made else engine.choose_provider(home, state)
         if not provider.supports_lab_images:
             raise ProviderError(f"the {provider.name} provider cannot capture lab images (not supported yet)",
                                 lab=home.name)

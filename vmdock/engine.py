@@ -72,7 +72,8 @@ class Engine:
 
     def driver(self, home: LabHome, provider: str):
         return self._driver_factory(
-            home.home, home.log, lab=home.name, provider=provider, on_line=lambda line: self.events.line("vagrant", line)
+            home.home, home.log, lab=home.name, provider=provider,
+            on_line=lambda line: self.events.line("vagrant", line),
         )
 
     def provider_of(self, state: LabState) -> Provider:
@@ -124,7 +125,9 @@ class Engine:
         limit = 0 if no_steps else step_limit(home.loaded, upto)
         start = time.monotonic()
         # containerlab's rule: find out what is missing before creating anything (no state, no lock file)
-        image_tarballs = needs.check(home.loaded.lab, self.settings, loaded=home.state().images, on_info=self.events.info)
+        image_tarballs = needs.check(
+            home.loaded.lab, self.settings, loaded=home.state().images, on_info=self.events.info
+        )
         with lab_lock(home.home, home.name, "up"):
             state = home.state()
             home.log.event(f"=== vmdock up {home.name} ===")
@@ -244,7 +247,9 @@ class Engine:
                 boots[m] += 1
         return ids, boots, down
 
-    def machine_states(self, home: LabHome, state: LabState, provider: Provider, driver=None, *, refresh=False) -> dict[str, str]:
+    def machine_states(
+        self, home: LabHome, state: LabState, provider: Provider, driver=None, *, refresh=False
+    ) -> dict[str, str]:
         """Machine → Vagrant state: the provider's own answer when it agrees with the state
         file and with Vagrant's machine folders, else (or with ``refresh``) `vagrant status`."""
         names = home.machine_names
@@ -259,9 +264,12 @@ class Engine:
                 return native
             home.log.event(f"{provider.name} and the state file disagree on {', '.join(disagree)}: asking Vagrant")
         driver = driver or self.driver(home, provider.name)
-        return driver.status()
+        states: dict[str, str] = driver.status()
+        return states
 
-    def plan(self, home: LabHome, state: LabState, image_tarballs: dict, limit: int | None) -> tuple[Context, list[Item]]:
+    def plan(
+        self, home: LabHome, state: LabState, image_tarballs: dict, limit: int | None
+    ) -> tuple[Context, list[Item]]:
         """The provisioning plan, cut after the lab's step ``limit`` (None: every step).
 
         A machine's identity in the fingerprints is its id and boot count, or, when it was
@@ -270,7 +278,9 @@ class Engine:
 
         ctx = self._context(home, state)
         ctx.image_tarballs = image_tarballs
-        identities = {m: f"{rec.get('origin') or rec.get('id', '')}#{rec.get('boots', 0)}" for m, rec in state.machines.items()}
+        identities = {
+            m: f"{rec.get('origin') or rec.get('id', '')}#{rec.get('boots', 0)}" for m, rec in state.machines.items()
+        }
         plan = build_plan(ctx, identities)
         return ctx, [item for item in plan if item.builtin or limit is None or step_number(item.key) <= limit]
 
@@ -333,7 +343,8 @@ class Engine:
             raise StateError(
                 f"the lab is not up (state: {state.phase})",
                 lab=home.name,
-                hint=f"`vmdock up {home.name}` first" + (f"; last error: {state.last_error['message']}" if state.last_error else ""),
+                hint=f"`vmdock up {home.name}` first"
+                + (f"; last error: {state.last_error['message']}" if state.last_error else ""),
             )
         home.log.event(f"=== vmdock verify {home.name} ===")
         ctx = self._context(home, state)
@@ -356,7 +367,7 @@ class Engine:
             homes = [self.lab(name)]
         else:
             found, _ = discover(self.labs_dirs)
-            homes = [LabHome(l) for l in found if (paths.lab_home(l.name) / "state.json").exists()]
+            homes = [LabHome(lab) for lab in found if (paths.lab_home(lab.name) / "state.json").exists()]
         return [self._status_row(home, live, refresh) for home in homes]
 
     def _status_row(self, home: LabHome, live: bool, refresh: bool) -> dict:

@@ -53,7 +53,8 @@ def step_limit(loaded: LoadedLab, upto: str | None) -> int | None:
         if upto in (step.name, step.name_en):
             return i
     raise ConfigError(
-        f"--upto {upto!r}: no step of that number or name (the lab has steps 1–{len(steps)}; `vmdock show {loaded.name}`)"
+        f"--upto {upto!r}: no step of that number or name "
+        f"(the lab has steps 1–{len(steps)}; `vmdock show {loaded.name}`)"
     )
 
 

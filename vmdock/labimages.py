@@ -56,7 +56,9 @@ class LabImage:
     @classmethod
     def from_labels(cls, tag: str, labels: dict[str, str], size: int = 0) -> LabImage | None:
         """The image described by its labels; None when they are not a lab image's."""
-        get = lambda k: labels.get(LABEL_PREFIX + k, "")
+        def get(key: str) -> str:
+            return labels.get(LABEL_PREFIX + key, "")
+
         if get("role") != ROLE:
             return None
         try:

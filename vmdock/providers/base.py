@@ -130,7 +130,7 @@ class Provider(ABC):
         image's base includes it): the docker machine image's tag; '' for box-based VMs."""
         return ""
 
-    def check_options(self, options: dict) -> None:
+    def check_options(self, options: dict) -> None:  # noqa: B027  (most providers check nothing)
         """Refuse options the template cannot render (a ConfigError)."""
 
     def box(self, entry: dict) -> str | None:

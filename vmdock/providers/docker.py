@@ -6,6 +6,7 @@ so changed machine settings recreate it.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -120,8 +121,8 @@ class DockerProvider(Provider):
     def box(self, entry: dict) -> str | None:
         return None
 
-    def netmask(self, net) -> int:
-        return net.prefixlen  # the docker provider wants a prefix length
+    def netmask(self, net: ipaddress.IPv4Network) -> int:
+        return int(net.prefixlen)  # the docker provider wants a prefix length
 
     def native_status(self, lab: str, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
         proc = quick_run(
@@ -154,7 +155,8 @@ class DockerProvider(Provider):
             if not ssh:
                 return None
             host = ssh[0].get("HostIp") or "127.0.0.1"
-            out[machine] = SshConfig("127.0.0.1" if host == "0.0.0.0" else host, int(ssh[0]["HostPort"]), "vagrant", (str(key),))
+            host = "127.0.0.1" if host == "0.0.0.0" else host
+            out[machine] = SshConfig(host, int(ssh[0]["HostPort"]), "vagrant", (str(key),))
         return out if len(out) == len(machines) else None
 
     def destroy(self, lab: LoadedLab, log: Log, *, background: bool = False) -> list[str] | None:
@@ -175,7 +177,9 @@ class DockerProvider(Provider):
 
         if not docker_daemon()[0]:
             return []
-        return run(["docker", "ps", "-aq", "--no-trunc", "--filter", f"label={LAB_LABEL}={lab.name}"], log).stdout.split()
+        cmd = ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label={LAB_LABEL}={lab.name}"]
+        ids: list[str] = run(cmd, log).stdout.split()
+        return ids
 
     def _remove_containers(self, lab: LoadedLab, log: Log) -> int:
         from ..runlog import run
@@ -221,7 +225,8 @@ class DockerProvider(Provider):
         subnet = str(lab_network(lab.lab.chapter))
         nets = run(["docker", "network", "ls", "-q", "--filter", f"name=vagrant_network_{subnet}"], log).stdout.split()
         for net in nets:
-            users = run(["docker", "network", "inspect", "-f", "{{len .Containers}}", net], log, check=False).stdout.strip()
+            inspect = ["docker", "network", "inspect", "-f", "{{len .Containers}}", net]
+            users = run(inspect, log, check=False).stdout.strip()
             if users == "0":
                 run(["docker", "network", "rm", net], log)
                 removed.append(f"network {net[:12]}")
@@ -240,7 +245,8 @@ class DockerProvider(Provider):
 
         if not docker_daemon()[0]:
             return []
-        found = (LabImage.from_labels(tag, labels, size) for tag, labels, size in list_images(log, f"vmdock.role={ROLE}"))
+        listed = list_images(log, f"vmdock.role={ROLE}")
+        found = (LabImage.from_labels(tag, labels, size) for tag, labels, size in listed)
         return [i for i in found if i is not None and i.provider == self.name]
 
     def capture(self, lab: LoadedLab, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
@@ -306,5 +312,6 @@ def _image_users(log: Log) -> dict[str, set[str]]:
     for line in run(["docker", "inspect", "--format", fmt, *ids], log, check=False).stdout.splitlines():
         image, _, rest = line.partition("\t")
         name, _, lab = rest.partition("\t")
-        users.setdefault(image, set()).add(f"lab {lab} ({name.lstrip('/')})" if lab else f"container {name.lstrip('/')}")
+        name = name.lstrip("/")
+        users.setdefault(image, set()).add(f"lab {lab} ({name})" if lab else f"container {name}")
     return users

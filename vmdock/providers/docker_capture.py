@@ -113,8 +113,8 @@ def _exec(container: str, script: str, log: Log, what: str, timeout: float = 180
 def _put(container: str, path: str, text: str, log: Log, mode: str = "0755") -> None:
     from ..runlog import run
 
-    run(["docker", "exec", "-i", container, "sh", "-c", f"cat > {shlex.quote(path)} && chmod {mode} {shlex.quote(path)}"],
-        log, input=text)
+    script = f"cat > {shlex.quote(path)} && chmod {mode} {shlex.quote(path)}"
+    run(["docker", "exec", "-i", container, "sh", "-c", script], log, input=text)
 
 
 def capture(container: str, tag: str, labels: dict[str, str], start_docker: str, log: Log) -> str:
@@ -131,7 +131,7 @@ def capture(container: str, tag: str, labels: dict[str, str], start_docker: str,
         args = ["docker", "commit"]
         for c in changes:
             args += ["--change", c]
-        image_id = run([*args, container, tag], log, timeout=1800).stdout.strip()
+        image_id: str = run([*args, container, tag], log, timeout=1800).stdout.strip()
     finally:
         _exec(container, _RESUME, log, "starting dockerd again")
     return image_id
@@ -166,7 +166,7 @@ def list_images(log: Log, role_label: str) -> list[tuple[str, dict[str, str], in
     if out.returncode != 0:
         raise CommandError("docker image inspect of the lab images failed", stderr_tail=tail(out.stderr), log=log.path)
     rows = []
-    for ref, line in zip(refs, out.stdout.splitlines()):
+    for ref, line in zip(refs, out.stdout.splitlines(), strict=False):
         labels_json, _, size = line.rpartition("\t")
         rows.append((ref, json.loads(labels_json or "{}") or {}, int(size or 0)))
     return rows

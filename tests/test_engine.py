@@ -355,6 +355,8 @@ def test_student_mode_then_the_remaining_steps(setup):
     assert engine.status("ch97-engine")[0]["mode"] == "all steps"
     with pytest.raises(ConfigError, match="--upto 'step 99': no step of that number or name"):
         engine.up("ch97-engine", upto="step 99")
+    with pytest.raises(StateError, match="ran step 11 already: they cannot go back to no steps"):
+        engine.up("ch97-engine", no_steps=True)
 
 
 def test_lab_image_build_then_up_and_reset_from_it_run_no_step(setup):
@@ -362,7 +364,7 @@ def test_lab_image_build_then_up_and_reset_from_it_run_no_step(setup):
     made = Classroom(engine).build_image("ch97-engine")  # brings it up, verifies, captures
     assert [i.machine for i in made] == ["web", "db"] and len(world.images) == 2
     assert engine.lab("ch97-engine").state().lab_images == {i.machine: i.tag for i in made}  # reset goes back to them
-    assert made[0].tag.startswith("vmdock/lab-ch97-engine-web:")
+    assert made[0].tag.startswith("vmdock/lab-ch97-engine-web:") and made[0].tag.endswith("-s11")
     assert len(made[0].steps) == len(engine.lab("ch97-engine").state().plan)
     engine.destroy("ch97-engine")
     world.scripts.clear()
@@ -416,3 +418,20 @@ def test_image_build_refuses_a_lab_whose_checks_fail(setup):
     with pytest.raises(StateError, match="1 check.s. fail .c.: a lab image is made only of a lab that passes"):
         Classroom(engine).build_image("ch97-engine")
     assert world.images == []
+
+
+def test_a_student_mode_image_serves_no_steps_and_the_full_lab(setup):
+    engine, world, _ = setup()
+    made = Classroom(engine).build_image("ch97-engine", no_steps=True)
+    assert made[0].tag.endswith("-s0") and step_names(world) == []  # its checks are not run either
+    engine.destroy("ch97-engine")
+    world.scripts.clear()
+    engine.up("ch97-engine", no_steps=True)
+    assert world.restored == ["web", "db"] and world.scripts == []
+    engine.destroy("ch97-engine")
+    engine.up("ch97-engine")  # the full lab: from the same image, then the steps
+    assert world.restored == ["web", "db", "web", "db"]
+    assert step_names(world) == [f"step{i}" for i in range(1, 12)]
+    # both kinds kept side by side: a full image does not replace the student one
+    Classroom(engine).build_image("ch97-engine")
+    assert sorted(i.tag.rsplit("-", 1)[1] for i in world.images) == ["s0", "s0", "s11", "s11"]

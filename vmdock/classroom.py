@@ -11,9 +11,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from . import __version__, labimages, providers
+from . import __version__, labimages, paths, providers
 from .errors import ProviderError, StateError
 from .lifecycle import Phase
+from .runlog import Log
 from .state import lab_lock
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class Classroom:
         base = labimages.base_fingerprint(self.engine.settings, provider.name, provider.base_image())
         fingerprint = labimages.lab_fingerprint(base, home.loaded)
         done = [key for key in state.plan if key in state.steps]
+        steps = len(home.loaded.lab.steps) if state.steps_upto is None else state.steps_upto
         snapshot = {
             "steps": {key: state.steps[key] for key in done},
             "exports": state.exports,
@@ -103,7 +105,7 @@ class Classroom:
         made = []
         for machine in home.machine_names:
             image = labimages.LabImage(
-                labimages.image_tag(home.name, machine, fingerprint), home.name, machine, provider.name,
+                labimages.image_tag(home.name, machine, fingerprint, steps), home.name, machine, provider.name,
                 fingerprint, base, tuple(done), labimages.now(), __version__, state=snapshot,
             )
             self.events.task(f"capture {machine}")
@@ -115,6 +117,15 @@ class Classroom:
         state.lab_images = {image.machine: image.tag for image in made}
         state.save()
         return made
+
+    def prune(self, everything: bool = False) -> list[providers.Pruned]:
+        """Remove the shared images no lab on this host uses (every provider's); say what was kept, why."""
+        log = Log(paths.vmdock_home() / "prune.log")
+        log.event("=== vmdock prune ===")
+        out: list[providers.Pruned] = []
+        for name in providers.NAMES:
+            out += providers.get(name, self.engine.settings.apt_mirror).prune(log, everything=everything)
+        return out
 
     def list_images(self) -> list[LabImage]:
         """Every lab image of every provider on this host."""

@@ -20,7 +20,7 @@ from . import paths, providers
 from .driver import machine_id
 from .errors import CommandError, StateError, VmdockError
 from .events import Events
-from .labhome import LabHome, UpResult, ssh_argv, status_row, step_limit, step_number
+from .labhome import LabHome, UpResult, refuse_fewer_steps, ssh_argv, status_row, step_limit, step_number
 from .lifecycle import Phase
 from .loader import resolve
 from .providers import NOT_CREATED, RUNNING, Provider
@@ -159,6 +159,7 @@ class Engine:
             use_images: bool) -> UpResult:
         from .render import write_atomic
 
+        refuse_fewer_steps(home, state, limit)
         provider = self.choose_provider(home, state)
         seeds = {}
         if use_images and not state.machines and provider.supports_lab_images:
@@ -426,15 +427,6 @@ class Engine:
         shutil.rmtree(home.home / ".vagrant", ignore_errors=True)
         self.events.task_done("destroy", time.monotonic() - t0)
         return removed
-
-    def prune(self, everything: bool = False) -> list[providers.Pruned]:
-        """Remove the shared images no lab on this host uses (every provider's); say what was kept, why."""
-        log = Log(paths.vmdock_home() / "prune.log")
-        log.event("=== vmdock prune ===")
-        out: list[providers.Pruned] = []
-        for name in providers.NAMES:
-            out += providers.get(name, self.settings.apt_mirror).prune(log, everything=everything)
-        return out
 
     def ssh_argv(self, name: str, machine: str | None) -> list[str]:
         home = self.lab(name)

@@ -44,11 +44,26 @@ HOOK_LOG = "/var/log/vmdock-lab-start.log"
 MACHINE_INIT = "/usr/local/sbin/vmdock-machine-init"  # the machine image's entrypoint
 MACHINE_CMD = ["/usr/sbin/sshd", "-D", "-e"]
 TAR_FLAGS = "--xattrs --xattrs-include='*' --numeric-owner"
+#: start the recorded containers: oldest first, and again while some start (one may need
+#: another running first: --link, --network container:, --volumes-from)
+_START_RECORDED = f"""\
+start_recorded() {{
+    local pending left c
+    pending=$(cat {RUNNING} 2>/dev/null || true)
+    for _ in 1 2 3 4 5; do
+        left=
+        for c in $pending; do docker start "$c" >/dev/null 2>&1 || left="$left $c"; done
+        [ -z "$left" ] && return 0
+        pending=$left
+    done
+    for c in $left; do docker start "$c" >/dev/null; done
+}}
+"""
 
 _STOP_AND_PACK = f"""\
 set -euo pipefail
 mkdir -p {STATE_DIR}
-docker ps -q --no-trunc > {RUNNING}
+docker ps -q --no-trunc | tac > {RUNNING}  # oldest first
 sup=$(cat /var/run/vmdock-dockerd.pid 2>/dev/null || true)
 if [ -n "$sup" ] && kill -0 "$sup" 2>/dev/null; then
     kill -TERM "$sup"
@@ -78,8 +93,9 @@ fi
 if [ "$status" = ok ]; then
     bash {START_DOCKER} || status="starting dockerd failed"
 fi
-if [ "$status" = ok ] && [ -s {RUNNING} ]; then
-    xargs -r docker start < {RUNNING} >/dev/null || status="starting the lab's containers failed"
+{_START_RECORDED}
+if [ "$status" = ok ]; then
+    start_recorded || status="starting the lab's containers failed"
 fi
 echo "$status" > {STATUS}.new && mv -f {STATUS}.new {STATUS}
 echo "vmdock-lab-restore: $(date -u +%FT%TZ) $status"
@@ -97,9 +113,10 @@ exec {MACHINE_INIT} "$@"
 
 _RESUME = f"""\
 set -euo pipefail
+{_START_RECORDED}
 rm -f {DATA_TAR}
 bash {START_DOCKER} >/dev/null
-if [ -s {RUNNING} ]; then xargs -r docker start < {RUNNING} >/dev/null; fi
+start_recorded
 """
 
 

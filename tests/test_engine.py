@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vmdock import labimages
 from vmdock.classroom import Classroom
 from vmdock.driver import SshConfig
 from vmdock.engine import Engine
@@ -398,11 +399,13 @@ def test_a_changed_step_runs_again_on_top_of_the_image(setup):
 
 def test_stale_or_unwanted_images_are_not_used(setup):
     engine, world, _ = setup()
-    Classroom(engine).build_image("ch97-engine")
+    built = Classroom(engine).build_image("ch97-engine")
     engine.destroy("ch97-engine")
-    world.scripts.clear()
+    engine, world, events = setup()
+    world.images = list(built)
     engine.up("ch97-engine", no_steps=True)  # a full image has steps: not for student mode
     assert world.restored == [] and step_names(world) == []
+    assert any("holds steps this `up` does not ask for" in e[1] for e in events.events if e[0] == "info")
     engine.destroy("ch97-engine")
     stale = [LabImage(**{**i.__dict__, "base": "other"}) for i in world.images]
     engine, world2, events = setup()
@@ -435,3 +438,16 @@ def test_a_student_mode_image_serves_no_steps_and_the_full_lab(setup):
     # both kinds kept side by side: a full image does not replace the student one
     Classroom(engine).build_image("ch97-engine")
     assert sorted(i.tag.rsplit("-", 1)[1] for i in world.images) == ["s0", "s0", "s11", "s11"]
+
+
+def test_the_newest_build_wins_among_equal_images():
+    def image(machine, built_at, steps=("web:apt",)):
+        tag = f"vmdock/lab-x-{machine}:{built_at}"
+        return LabImage(tag, "x", machine, "docker", "fp", "base", steps, built_at, "1")
+
+    old = [image("web", "2026-01-01"), image("db", "2026-01-01")]
+    new = [image("web", "2026-02-01"), image("db", "2026-02-01")]
+    half = [image("web", "2026-03-01")]  # a build that did not finish: no db
+    for found in (old + new + half, half + new + old):
+        choice = labimages.choose(found, ["web", "db"], "base", "fp", ["web:apt", "db:apt"])
+        assert {m: i.built_at for m, i in choice.images.items()} == {"web": "2026-02-01", "db": "2026-02-01"}

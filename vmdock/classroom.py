@@ -103,10 +103,11 @@ class Classroom:
                          for m, rec in state.machines.items()},
         }
         made = []
+        built_at = labimages.now()
         for machine in home.machine_names:
             image = labimages.LabImage(
                 labimages.image_tag(home.name, machine, fingerprint, steps), home.name, machine, provider.name,
-                fingerprint, base, tuple(done), labimages.now(), __version__, state=snapshot,
+                fingerprint, base, tuple(done), built_at, __version__, state=snapshot,
             )
             self.events.task(f"capture {machine}")
             t0 = time.monotonic()

@@ -134,13 +134,13 @@ def choose(found: list[LabImage], machines: list[str], base: str, fingerprint: s
     base is ``base`` and whose items are all in ``wanted`` (the plan `up` is asked for): exact
     fingerprint first, then the most items, then the newest.  Stale images are named in the
     notes, never used."""
-    sets: dict[tuple[str, tuple[str, ...]], dict[str, LabImage]] = {}
-    for image in found:
-        sets.setdefault((image.fingerprint, image.steps), {})[image.machine] = image
+    sets: dict[tuple[str, tuple[str, ...], str], dict[str, LabImage]] = {}
+    for image in found:  # the images of one `image build` share their fingerprint, items and time
+        sets.setdefault((image.fingerprint, image.steps, image.built_at), {})[image.machine] = image
     notes: list[str] = []
     usable = []
     wanted_set = set(wanted)
-    for (fp, steps), by_machine in sets.items():
+    for (fp, steps, _), by_machine in sets.items():
         if set(by_machine) != set(machines):
             continue
         sample = next(iter(by_machine.values()))
@@ -149,7 +149,9 @@ def choose(found: list[LabImage], machines: list[str], base: str, fingerprint: s
                          "machine image, provisioners or settings): not used")
             continue
         if not set(steps) <= wanted_set:
-            continue  # it has steps this `up` does not want (student mode)
+            notes.append(f"lab image {sample.tag} holds steps this `up` does not ask for: not used "
+                         f"(`vmdock image build {sample.lab} --no-steps` makes a student-mode image)")
+            continue
         usable.append((fp == fingerprint, len(steps), sample.built_at, by_machine))
     if not usable:
         return Choice({}, notes)

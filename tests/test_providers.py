@@ -6,7 +6,7 @@ import pytest
 from vmdock import providers
 from vmdock.errors import ConfigError
 from vmdock.providers import NOT_CREATED, RUNNING
-from vmdock.providers.docker import container_states
+from vmdock.providers.docker import container_states, ssh_address
 from vmdock.providers.libvirt import domain_name, domain_states
 from vmdock.providers.virtualbox import vm_state
 from vmdock.settings import Settings
@@ -57,3 +57,12 @@ def test_virsh_list_states():
 def test_vboxmanage_state():
     assert vm_state('name="vmdock-ch6-lamp-web"\nVMState="poweroff"\nVMStateChangeTime="x"\n') == "poweroff"
     assert vm_state("nothing here\n") is None
+
+
+def test_docker_ssh_address():
+    ports = ('{"22/tcp":[{"HostIp":"127.0.0.1","HostPort":"2222"}],'
+             '"8080/tcp":[{"HostIp":"127.0.0.1","HostPort":"8020"}]}')
+    assert ssh_address(ports) == ("127.0.0.1", 2222)
+    assert ssh_address('{"22/tcp":[{"HostIp":"0.0.0.0","HostPort":"2200"}]}') == ("127.0.0.1", 2200)
+    for unknown in ("null", "{}", '{"22/tcp":null}', "not json", ""):
+        assert ssh_address(unknown) is None

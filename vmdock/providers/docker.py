@@ -62,6 +62,18 @@ def container_states(ps_lines: str) -> dict[str, str]:
     return out
 
 
+def ssh_address(ports_json: str) -> tuple[str, int] | None:
+    """``docker inspect -f '{{json .NetworkSettings.Ports}}'`` → where port 22 is published."""
+    try:
+        ssh = (json.loads(ports_json or "null") or {}).get("22/tcp") or []
+    except ValueError:
+        return None
+    if not ssh or not str(ssh[0].get("HostPort", "")).isdigit():
+        return None
+    host = ssh[0].get("HostIp") or "127.0.0.1"
+    return ("127.0.0.1" if host == "0.0.0.0" else host), int(ssh[0]["HostPort"])
+
+
 def _cached_create_args() -> list[str]:
     """The machine's create args from what the host facts remember, building nothing."""
     from .. import images, paths
@@ -151,12 +163,10 @@ class DockerProvider(Provider):
             return None
         out = {}
         for machine, line in zip(machines, proc.stdout.splitlines(), strict=False):
-            ssh = (json.loads(line or "null") or {}).get("22/tcp") or []
-            if not ssh:
+            address = ssh_address(line)
+            if address is None:
                 return None
-            host = ssh[0].get("HostIp") or "127.0.0.1"
-            host = "127.0.0.1" if host == "0.0.0.0" else host
-            out[machine] = SshConfig(host, int(ssh[0]["HostPort"]), "vagrant", (str(key),))
+            out[machine] = SshConfig(address[0], address[1], "vagrant", (str(key),))
         return out if len(out) == len(machines) else None
 
     def destroy(self, lab: LoadedLab, log: Log, *, background: bool = False) -> list[str] | None:

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,9 +50,17 @@ def docker_lines(*args) -> list[str]:
     return [l for l in out.splitlines() if l.strip()]
 
 
-def leftovers(lab: str) -> dict:
+def leftovers(lab: str, wait: float = 120) -> dict:
+    """What is left of a lab after destroy: its machines' disks are deleted in the background
+    (containers renamed vmdock-retired-…), so wait up to ``wait`` seconds for those."""
+    deadline = time.monotonic() + wait
+    while True:
+        containers = docker_lines("ps", "-a", "--filter", f"label=vmdock.lab={lab}", "--format", "{{.Names}}")
+        if not any(c.startswith("vmdock-retired-") for c in containers) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     return {
-        "containers": docker_lines("ps", "-a", "--filter", f"label=vmdock.lab={lab}", "--format", "{{.Names}}"),
+        "containers": containers,
         "networks": [n for n in docker_lines("network", "ls", "--format", "{{.Name}}") if n.startswith("vagrant_network_")],
     }
 

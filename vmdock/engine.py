@@ -414,13 +414,13 @@ class Engine:
             state.save()
         return removed
 
-    def remove_machines(self, home: LabHome, state: LabState, *, background: bool = False) -> list[str]:
+    def remove_machines(self, home: LabHome, state: LabState, *, reap_later: bool = False) -> list[str]:
         """Remove the lab's machines (the provider's quick way, else `vagrant destroy`) and
         Vagrant's folder of them; the caller holds the lab's lock.  Say what was removed."""
         provider = self.provider_of(state)
         self.events.task("destroy")
         t0 = time.monotonic()
-        removed = provider.destroy(home.loaded, home.log, background=background)
+        removed = provider.destroy(home.loaded, home.log, reap_later=reap_later)
         if removed is None:
             self.driver(home, provider.name).destroy()
             removed = [f"machines ({provider.name})"]

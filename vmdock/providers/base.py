@@ -156,11 +156,15 @@ class Provider(ABC):
         costs seconds); None: ask Vagrant."""
         return None
 
-    def destroy(self, lab: LoadedLab, log: Log, *, background: bool = False) -> list[str] | None:
+    def destroy(self, lab: LoadedLab, log: Log, *, reap_later: bool = False) -> list[str] | None:
         """Remove the lab's machines without Vagrant, when the provider can do it quicker
-        (say what was removed); None: `vagrant destroy` does it.  ``background``: what takes
-        long may go on after this returns, as long as new machines can be made at once."""
+        (say what was removed); None: `vagrant destroy` does it.  What takes long (deleting
+        disks) may go on after this returns, as long as new machines can be made at once;
+        ``reap_later``: do not start it before ``reap`` (new machines are being made)."""
         return None
+
+    def reap(self, lab: LoadedLab, log: Log) -> None:  # noqa: B027  (most providers leave nothing)
+        """Start what ``destroy(reap_later=True)`` left to do."""
 
     def cleanup(self, lab: LoadedLab, log: Log) -> list[str]:
         """After `vagrant destroy`: remove what Vagrant leaves of THIS lab; say what."""

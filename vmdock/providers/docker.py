@@ -169,57 +169,48 @@ class DockerProvider(Provider):
             out[machine] = SshConfig(address[0], address[1], "vagrant", (str(key),))
         return out if len(out) == len(machines) else None
 
-    def destroy(self, lab: LoadedLab, log: Log, *, background: bool = False) -> list[str] | None:
-        """`docker rm -f -v` of the lab's containers: seconds, where `vagrant destroy`
-        takes 10–25 s (Vagrant's start, a graceful stop).  The machines are throwaway.
-        Vagrant's global machine index keeps a stale entry (`vagrant global-status --prune`).
+    def destroy(self, lab: LoadedLab, log: Log, *, reap_later: bool = False) -> list[str] | None:
+        """The lab's containers renamed and killed at once (names, ports and addresses free for
+        new machines), their disks deleted by a `docker rm -f -v` left running on its own (the
+        inner Docker's data takes seconds to delete): now, or at ``reap`` (``reap_later``).
+        `vagrant destroy` would take 10–25 s (Vagrant's start, a graceful stop); the machines
+        are throwaway.  Vagrant's global machine index keeps a stale entry
+        (`vagrant global-status --prune`)."""
+        ids = self._retire(lab, log)
+        if ids and not reap_later:
+            self.reap(lab, log)
+        return [f"machines (docker: {len(ids)} container(s), their disks deleted in the background)"] if ids else []
 
-        ``background``: rename and kill them (names, ports and addresses are free at once for
-        new machines) and leave their removal (deleting the inner Docker's data takes
-        seconds) to a `docker rm` that runs on by itself."""
-        if background:
-            return self._retire(lab, log)
-        removed = self._remove_containers(lab, log)
-        return [f"machines (docker: {removed} container(s))"] if removed else []
-
-    def _lab_containers(self, lab: LoadedLab, log: Log) -> list[str]:
-        from ..runlog import run
-
-        if not docker_daemon()[0]:
-            return []
-        cmd = ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label={LAB_LABEL}={lab.name}"]
-        ids: list[str] = run(cmd, log).stdout.split()
-        return ids
-
-    def _remove_containers(self, lab: LoadedLab, log: Log) -> int:
-        from ..runlog import run
-
-        ids = self._lab_containers(lab, log)
-        if ids:
-            result = run(["docker", "rm", "-f", "-v", *ids], log, check=False)
-            # one retired by `reset` may be going already: that is no failure
-            if result.returncode != 0 and not all(
-                "already in progress" in line or "No such container" in line
-                for line in result.stderr.splitlines() if line.strip()
-            ):
-                run(["docker", "rm", "-f", "-v", *ids], log)  # raises with the error
-        return len(ids)
-
-    def _retire(self, lab: LoadedLab, log: Log) -> list[str]:
+    def reap(self, lab: LoadedLab, log: Log) -> None:
         import subprocess
 
-        from ..runlog import run
-
-        ids = self._lab_containers(lab, log)
-        for cid in ids:
-            run(["docker", "rename", cid, f"{RETIRED_PREFIX}{cid[:12]}"], log, check=False)
+        ids = [cid for cid, name in self._lab_containers(lab, log) if name.startswith(RETIRED_PREFIX)]
         if ids:
-            run(["docker", "kill", *ids], log, check=False)  # a stopped one answers "is not running"
             cmd = ["docker", "rm", "-f", "-v", *ids]
             subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
             log.event(f"host$ {' '.join(cmd)}  (left running in the background)")
-        return [f"machines (docker: {len(ids)} container(s) killed, removed in the background)"] if ids else []
+
+    def _lab_containers(self, lab: LoadedLab, log: Log) -> list[tuple[str, str]]:
+        """(id, name) of every container of the lab (retired ones too)."""
+        from ..runlog import run
+
+        if not docker_daemon()[0]:
+            return []
+        cmd = ["docker", "ps", "-a", "--no-trunc", "--filter", f"label={LAB_LABEL}={lab.name}",
+               "--format", "{{.ID}}\t{{.Names}}"]
+        return [(line.partition("\t")[0], line.partition("\t")[2]) for line in run(cmd, log).stdout.splitlines()
+                if line.strip()]
+
+    def _retire(self, lab: LoadedLab, log: Log) -> list[str]:
+        from ..runlog import run
+
+        ids = [cid for cid, name in self._lab_containers(lab, log) if not name.startswith(RETIRED_PREFIX)]
+        for cid in ids:
+            run(["docker", "rename", cid, f"{RETIRED_PREFIX}{cid[:12]}"], log, check=False)
+        if ids:
+            run(["docker", "kill", *ids], log, check=False)  # a stopped one answers "is not running"
+        return ids
 
     def cleanup(self, lab: LoadedLab, log: Log) -> list[str]:
         """Containers and networks of this lab that Vagrant left (never the shared machine image)."""
@@ -229,9 +220,10 @@ class DockerProvider(Provider):
         if not docker_daemon()[0]:
             return []
         removed = []
-        left = self._remove_containers(lab, log)
+        left = [cid for cid, name in self._lab_containers(lab, log) if not name.startswith(RETIRED_PREFIX)]
         if left:
-            removed.append(f"{left} leftover container(s)")
+            run(["docker", "rm", "-f", "-v", *left], log)
+            removed.append(f"{len(left)} leftover container(s)")
         subnet = str(lab_network(lab.lab.chapter))
         nets = run(["docker", "network", "ls", "-q", "--filter", f"name=vagrant_network_{subnet}"], log).stdout.split()
         for net in nets:

@@ -47,7 +47,7 @@ def vmdock(env, *args, check=True, timeout=1800):
 
 def docker_lines(*args) -> list[str]:
     out = subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
-    return [l for l in out.splitlines() if l.strip()]
+    return [line for line in out.splitlines() if line.strip()]
 
 
 def leftovers(lab: str, wait: float = 120) -> dict:
@@ -61,7 +61,9 @@ def leftovers(lab: str, wait: float = 120) -> dict:
         time.sleep(1)
     return {
         "containers": containers,
-        "networks": [n for n in docker_lines("network", "ls", "--format", "{{.Name}}") if n.startswith("vagrant_network_")],
+        "networks": [
+            n for n in docker_lines("network", "ls", "--format", "{{.Name}}") if n.startswith("vagrant_network_")
+        ],
     }
 
 

@@ -66,3 +66,12 @@ def test_docker_ssh_address():
     assert ssh_address('{"22/tcp":[{"HostIp":"0.0.0.0","HostPort":"2200"}]}') == ("127.0.0.1", 2200)
     for unknown in ("null", "{}", '{"22/tcp":null}', "not json", ""):
         assert ssh_address(unknown) is None
+
+
+def test_docker_knows_vagrants_network_race():
+    docker = providers.get("docker")
+    raced = ('Command: ["docker", "inspect", "516c90d5501c", {:notify=>[:stdout, :stderr]}]\n'
+             "Stderr: Error: No such object: 516c90d5501c")
+    assert docker.transient_up_failure(raced)
+    assert not docker.transient_up_failure("Stderr: Error: No such image: vmdock/machine:x")
+    assert not providers.get("libvirt").transient_up_failure(raced)

@@ -234,7 +234,13 @@ class Engine:
         if down:
             self.events.info(f"vagrant up: {', '.join(down)} ({provider.name})")
             try:
-                driver.up()
+                try:
+                    driver.up()
+                except CommandError as exc:
+                    if not provider.transient_up_failure(exc.stderr_tail or ""):
+                        raise
+                    self.events.info(f"vagrant up failed on a race ({provider.name}): once more")
+                    driver.up()
             except CommandError as exc:
                 if provider.up_hint and not exc.hint:
                     exc.hint = provider.up_hint

@@ -111,6 +111,10 @@ class Provider(ABC):
     def __init__(self, mirror: str | None = None):
         self.mirror = mirror  # the apt mirror machine images are built from (docker)
 
+    def transient_up_failure(self, stderr: str) -> bool:
+        """Whether a failed `vagrant up` is worth one more try (a race the provider knows of)."""
+        return False
+
     @abstractmethod
     def probe(self) -> Probe:
         """Whether the provider can work on this host, cheaply (no `vagrant` call)."""

@@ -94,6 +94,13 @@ class DockerProvider(Provider):
     uses_boxes = False
     supports_lab_images = True
 
+    def transient_up_failure(self, stderr: str) -> bool:
+        """Vagrant's docker provider lists every network of the host, then inspects each: one
+        removed meanwhile (another lab's destroy) fails the `up` with "No such object"."""
+        import re
+
+        return "No such object" in stderr and re.search(r"docker\W+inspect", stderr) is not None
+
     def probe(self) -> Probe:
         if not shutil.which("vagrant"):
             return Probe(self.name, False, "vagrant not found (apt-get install vagrant)")

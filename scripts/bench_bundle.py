@@ -51,7 +51,7 @@ class Timings(Events):
     def __init__(self) -> None:
         self.rows: list[tuple[str, float]] = []
 
-    def phase_done(self, name: str, seconds: float) -> None:
+    def task_done(self, name: str, seconds: float) -> None:
         self.rows.append((name, seconds))
 
 

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from vmdock import providers
 from vmdock.errors import ConfigError
 from vmdock.hostbuild import box_image, boxes, hostfacts
 from vmdock.loader import load_lab
+from vmdock.providers import libvirt
 from vmdock.render import RenderOptions, render
 
 
@@ -59,27 +59,27 @@ def test_registered_reads_vagrants_box_folder(vagrant_home, arch):
 
 
 def test_render_prefers_the_registered_vmdock_box_for_libvirt(vagrant_home, lab):
-    text = render(lab, RenderOptions(provider="libvirt", libvirt_driver="qemu"))
+    text = render(lab, RenderOptions("libvirt", {"domain_type": "qemu"}))
     assert 'node.vm.box = "debian/bookworm64"' in text
     _register(vagrant_home)
-    text = render(lab, RenderOptions(provider="libvirt", libvirt_driver="qemu"))
+    text = render(lab, RenderOptions("libvirt", {"domain_type": "qemu"}))
     assert 'node.vm.box = "vmdock/debian12"' in text
     assert "box_url" not in text
     # VirtualBox has no vmdock box: Vagrant Cloud's
-    assert 'node.vm.box = "debian/bookworm64"' in render(lab, RenderOptions(provider="virtualbox"))
+    assert 'node.vm.box = "debian/bookworm64"' in render(lab, RenderOptions("virtualbox"))
     assert boxes.vagrant_box("debian12", "libvirt") == "vmdock/debian12"
 
 
 def test_box_url_still_overrides(vagrant_home, lab, monkeypatch):
     _register(vagrant_home)
     monkeypatch.setenv("VMDOCK_BOX_URL_DEBIAN12", "file:///srv/boxes/debian12.box")
-    text = render(lab, RenderOptions(provider="libvirt", libvirt_driver="qemu"))
+    text = render(lab, RenderOptions("libvirt", {"domain_type": "qemu"}))
     assert 'node.vm.box = "debian/bookworm64"' in text
     assert 'node.vm.box_url = "file:///srv/boxes/debian12.box"' in text
 
 
 def test_libvirt_block(vagrant_home, lab):
-    text = render(lab, RenderOptions(provider="libvirt", libvirt_driver="kvm"))
+    text = render(lab, RenderOptions("libvirt", {"domain_type": "kvm"}))
     for line in (
         'lv.driver = "kvm"',
         "lv.qemu_use_session = false",
@@ -111,15 +111,15 @@ def test_build_refuses_virtualbox():
         box_image.build(None, provider="virtualbox")
 
 
-def test_libvirt_driver_override(monkeypatch):
+def test_libvirt_domain_type_override(monkeypatch):
     seen = []
     monkeypatch.setenv("VMDOCK_LIBVIRT_DRIVER", "qemu")
-    monkeypatch.setattr(providers, "kvm_probe", lambda *a, **k: pytest.fail("probed despite the override"))
-    assert providers.libvirt_driver(seen.append) == "qemu"
+    monkeypatch.setattr(libvirt, "kvm_probe", lambda *a, **k: pytest.fail("probed despite the override"))
+    assert libvirt.domain_type(seen.append) == "qemu"
     assert "VMDOCK_LIBVIRT_DRIVER" in seen[0]
     monkeypatch.setenv("VMDOCK_LIBVIRT_DRIVER", "xen")
     with pytest.raises(ConfigError):
-        providers.libvirt_driver()
+        libvirt.domain_type()
 
 
 @pytest.mark.parametrize(
@@ -146,15 +146,15 @@ def test_kvm_probe_compares_kvm_with_tcg_and_remembers(monkeypatch, tmp_path, kv
         return kvm if accel == "kvm" else tcg
 
     monkeypatch.setattr(hostfacts, "_boot_guest", boot)
-    assert providers.kvm_probe()[0] is usable
+    assert hostfacts.kvm_probe()[0] is usable
     assert calls == ["kvm", "tcg"]
-    assert providers.kvm_probe()[0] is usable  # remembered: no second boot
+    assert hostfacts.kvm_probe()[0] is usable  # remembered: no second boot
     assert calls == ["kvm", "tcg"]
     facts = json.loads((tmp_path / "cache" / "host-facts.json").read_text())
     assert facts["kvm"]["usable"] is usable
     seen = []
-    assert providers.libvirt_driver(seen.append) == ("kvm" if usable else "qemu")
-    assert seen and seen[0].startswith("libvirt driver")
+    assert libvirt.domain_type(seen.append) == ("kvm" if usable else "qemu")
+    assert seen and seen[0].startswith("libvirt domain type")
 
 
 def test_box_sources_come_from_the_machines_template(monkeypatch):

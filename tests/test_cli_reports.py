@@ -98,7 +98,7 @@ def test_exit_status_of_each_error_class():
 
 
 def test_an_error_from_below_exits_with_its_class_status(capsys, monkeypatch):
-    def missing(self, name):
+    def missing(self, name, **kw):
         raise errors.MissingError("images not found: apache/hadoop:3.3.6", lab=name)
 
     monkeypatch.setattr(Engine, "up", missing)
@@ -151,7 +151,7 @@ def test_test_writes_the_report_when_up_fails(capsys, monkeypatch, tmp_path, des
 
     monkeypatch.setattr(Engine, "up", up_fails)
     monkeypatch.setattr(Engine, "verify", lambda *a, **k: calls.append("verify"))
-    monkeypatch.setattr(Engine, "destroy", lambda self, name, keep_image=False: calls.append("destroy") or [])
+    monkeypatch.setattr(Engine, "destroy", lambda self, name: calls.append("destroy") or [])
     junit = tmp_path / "junit.xml"
     code, _, err = run(capsys, "--labs-dir", str(GOOD), "test", "ch91-alpha", "--destroy", destroy, "--junit", str(junit))
     assert code == 3

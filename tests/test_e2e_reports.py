@@ -81,11 +81,11 @@ def test_a_failing_step_secrets_ssh_and_vmdock_test(env, tmp_path):
         # fixed: `vmdock test` resumes the lab, verifies and destroys it
         (labs / LAB / "mode.txt").write_text("fixed\n")
         junit = tmp_path / "test.xml"
-        tested = vmdock(env, *args, "test", LAB, "--destroy", "always", "--keep-image", "--junit", str(junit), check=False)
+        tested = vmdock(env, *args, "test", LAB, "--destroy", "always", "--junit", str(junit), check=False)
         assert tested.returncode == 0, tested.stdout + tested.stderr
         suite = ET.parse(junit).getroot().find("testsuite")
         assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("2", "0", "0")
         assert "2 passed, 0 failed" in tested.stdout and f"{LAB}: destroyed" in tested.stderr
         assert leftovers(LAB)["containers"] == []
     finally:
-        vmdock(env, *args, "destroy", LAB, "--keep-image", check=False)
+        vmdock(env, *args, "destroy", LAB, check=False)

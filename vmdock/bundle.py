@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from . import __version__, needs, paths, providers
+from . import __version__, needs, paths
 from .hostbuild import fsutil, rootfs
 from .bundle_manifest import (
     CHUNK,
@@ -45,6 +45,7 @@ from .bundle_sources import Plan, Source, lab_fingerprint, plan
 from .errors import BundleError, CommandError, LabError, tail
 from .events import Events
 from .loader import LoadedLab, resolve
+from .providers.libvirt import vagrant_plugin_installed
 from .runlog import Log, quote, run
 from .settings import Settings
 
@@ -85,10 +86,10 @@ def _write(writer: BundleWriter, found: Plan, events: Events, log: Log) -> Manif
     members = []
     for src in found.sources:
         what = f"bundle {src.member}"
-        events.phase(what)
+        events.task(what)
         start = time.monotonic()
         written = writer.add(src.member, src.compression, _producer(src, log))
-        events.phase_done(what, time.monotonic() - start)
+        events.task_done(what, time.monotonic() - start)
         events.info(f"{src.member}: {written.raw_size / 1e6:.0f} MB → {written.size / 1e6:.0f} MB")
         members.append(Member(path=src.member, kind=src.kind, target=src.target if src.kind != "docker-images" else "",
                               compression=src.compression, images=src.refs, meta=src.meta, **written.model_dump()))
@@ -154,10 +155,10 @@ def import_bundle(path: Path, events: Events, log: Log) -> list[Outcome]:
     """Check every member, then load and place them; all or nothing."""
     with BundleReader(path) as reader:
         manifest = reader.manifest()
-        events.phase("checking every member's checksum")
+        events.task("checking every member's checksum")
         start = time.monotonic()
         reader.verify(manifest, on_member=lambda m: events.line("bundle", f"checking {m.path}"))
-        events.phase_done("checking every member's checksum", time.monotonic() - start)
+        events.task_done("checking every member's checksum", time.monotonic() - start)
         cache = paths.cache_dir()
         with fsutil.file_lock(cache / "bundle-import.lock", "a bundle import", log):
             staging = Path(tempfile.mkdtemp(prefix=".bundle-import.", dir=cache))
@@ -200,10 +201,10 @@ def _import_members(reader: BundleReader, manifest: Manifest, staging: Path, loa
 
 
 def _phase(events: Events, name: str, work: Callable[[], object]) -> None:
-    events.phase(name)
+    events.task(name)
     start = time.monotonic()
     work()
-    events.phase_done(name, time.monotonic() - start)
+    events.task_done(name, time.monotonic() - start)
 
 
 def _present(m: Member, log: Log) -> bool:
@@ -291,7 +292,7 @@ def _register_box(m: Member, log: Log) -> str:
     name = m.meta.get("name")
     if not name:
         return f"left in the cache at {dest} (its sidecar names no box)"
-    if not (shutil.which("vagrant") and providers._vagrant_plugin_installed("vagrant-libvirt")):
+    if not (shutil.which("vagrant") and vagrant_plugin_installed("vagrant-libvirt")):
         return f"left in the cache at {dest}: vagrant-libvirt is not installed here (`vmdock box build` registers it)"
     from .driver import vagrant_env
 

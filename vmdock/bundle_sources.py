@@ -19,10 +19,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import needs, paths, providers
+from . import needs, paths
 from .hostbuild import machine_image, rootfs
 from .bundle_manifest import Compression, ImageRef, Kind, LabEntry
 from .loader import LoadedLab
+from .providers.docker import docker_daemon
 from .runlog import Log, run
 from .settings import Settings
 from .state import hash_paths
@@ -128,7 +129,7 @@ def _machine_images(log: Log, settings: Settings, notes: list[str]) -> list[Imag
 def plan(labs: list[LoadedLab], settings: Settings, log: Log) -> Plan:
     """Every member the bundle for ``labs`` gets, and notes on what is not there."""
     notes: list[str] = []
-    docker_ok, detail = providers.docker_daemon()
+    docker_ok, detail = docker_daemon()
     host: list[ImageRef] = []
     if docker_ok:
         host = _machine_images(log, settings, notes)

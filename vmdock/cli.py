@@ -45,6 +45,7 @@ from .errors import (
     LabError,
     VmdockError,
 )
+from .providers import NAMES as PROVIDER_NAMES
 from .events import Events
 from .loader import LAB_FILE, discover, resolve, search_path
 from .model import Lab as LabModel
@@ -151,13 +152,13 @@ class RichEvents(Events):
     def info(self, message):
         self.progress.console.print(f"[cyan]•[/] {shown(message)}")
 
-    def phase(self, name):
+    def task(self, name):
         with self._lock:
-            self.tasks[("phase", name)] = self.progress.add_task(f"[bold]{shown(name)}[/]", total=None)
+            self.tasks[("task", name)] = self.progress.add_task(f"[bold]{shown(name)}[/]", total=None)
 
-    def phase_done(self, name, seconds):
+    def task_done(self, name, seconds):
         with self._lock:
-            task = self.tasks.pop(("phase", name), None)
+            task = self.tasks.pop(("task", name), None)
         if task is not None:
             self.progress.remove_task(task)
         self.progress.console.print(f"[green]✓[/] {shown(name)} [dim]{seconds:.1f}s[/]")
@@ -205,12 +206,12 @@ def _engine(events: Events | None = None, provider: Optional[str] = None, **sett
 @app.command("list")
 def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """Every lab: name, chapter, title, machines, state (and whether it needs registry images)."""
-    from .engine import Lab
+    from .labhome import LabHome
 
     labs, problems = discover(OPTS.labs_dirs)
     rows: list[dict[str, Any]] = []
     for l in labs:
-        state = Lab(l).state()
+        state = LabHome(l).state()
         rows.append(
             {
                 "name": l.name,
@@ -219,7 +220,7 @@ def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readab
                 "title_en": l.lab.title_en,
                 "machines": [m.name for m in l.lab.machines],
                 "offline": l.lab.offline,
-                "state": state.phase if state.phase != "destroyed" else "new",
+                "state": state.phase.value if state.phase != "destroyed" else "new",
                 "folder": str(l.folder),
             }
         )
@@ -319,7 +320,7 @@ def schema():
 @app.command()
 def render(
     lab: str = LabArg,
-    provider: Optional[str] = typer.Option(None, "--provider", help="virtualbox, libvirt or docker (also VMDOCK_PROVIDER)"),
+    provider: Optional[str] = typer.Option(None, "--provider", help=f"{', '.join(PROVIDER_NAMES)} (also VMDOCK_PROVIDER)"),
 ):
     """Write the lab's Vagrantfile only, and print its path."""
     events = RichEvents(OPTS.verbose)
@@ -331,15 +332,24 @@ def render(
 @app.command()
 def up(
     lab: str = LabArg,
-    provider: Optional[str] = typer.Option(None, "--provider", help="virtualbox, libvirt or docker (also VMDOCK_PROVIDER)"),
+    provider: Optional[str] = typer.Option(None, "--provider", help=f"{', '.join(PROVIDER_NAMES)} (also VMDOCK_PROVIDER)"),
     images_dir: Optional[Path] = typer.Option(
         None, "--images-dir", help="folder of `docker save` tarballs for labs that need images (also VMDOCK_IMAGES_DIR)"
     ),
+    no_steps: bool = typer.Option(False, "--no-steps", help="student mode: machines, Docker, base image, lab files; none of the steps"),
+    upto: Optional[str] = typer.Option(None, "--upto", metavar="STEP", help="stop after this step (its number or name)"),
+    no_image: bool = typer.Option(False, "--no-image", help="do not start from a lab image: the full path"),
 ):
     """Render, bring the machines up, install Docker and run the case's steps (resumes where it stopped)."""
     events = RichEvents(OPTS.verbose)
     with events:
-        result = _engine(events, provider, images_dir=str(images_dir) if images_dir else None).up(lab)
+        result = _engine(events, provider, images_dir=str(images_dir) if images_dir else None).up(
+            lab, upto=upto, no_steps=no_steps, use_images=not no_image
+        )
+    _print_up(result)
+
+
+def _print_up(result) -> None:
     if result.ran == 0:
         console.print(f"[green]{shown(result.lab)} is up[/]: nothing to do, {result.skipped} steps already done ({result.seconds:.1f}s)")
     else:
@@ -422,6 +432,17 @@ def _drawing(events: Events):
 
 
 @app.command()
+def reset(lab: str = LabArg):
+    """Make the lab's machines anew, as `up` left them (from the lab image; in student mode without steps)."""
+    from .classroom import Classroom
+
+    events = RichEvents(OPTS.verbose)
+    with events:
+        result = Classroom(_engine(events)).reset(lab)
+    _print_up(result)
+
+
+@app.command()
 def verify(
     lab: str = LabArg,
     as_json: bool = typer.Option(False, "--json", help="print results as JSON"),
@@ -445,7 +466,6 @@ def test_lab(
     junit: Optional[Path] = typer.Option(None, "--junit", help="write JUnit XML to FILE", metavar="FILE"),
     provider: Optional[str] = typer.Option(None, "--provider", help="virtualbox, libvirt or docker (also VMDOCK_PROVIDER)"),
     images_dir: Optional[Path] = typer.Option(None, "--images-dir", help="folder of `docker save` tarballs (see `up`)"),
-    keep_image: bool = typer.Option(False, "--keep-image", help="on destroy, keep the docker-provider machine image"),
 ):
     """up → verify → destroy in one command, for CI; the report is written whatever happens."""
     from .verify import errored
@@ -479,7 +499,7 @@ def test_lab(
         code = max(code, up_error.exit_status)  # 4: images are missing
     if destroy_when == "always" or (destroy_when == "passing" and code == EXIT_OK):
         with _drawing(events):
-            removed = engine.destroy(loaded.name, keep_image=keep_image)
+            removed = engine.destroy(loaded.name)
         err_console.print(f"{shown(loaded.name)}: destroyed" + (f" ({shown(', '.join(removed))})" if removed else ""))
     else:
         err_console.print(f"{shown(loaded.name)}: machines kept (--destroy {destroy_when}); `vmdock destroy {shown(loaded.name)}` removes them")
@@ -500,9 +520,10 @@ def _last_error(err: dict) -> list[str]:
 def status(
     lab: Optional[str] = typer.Argument(None, help="one lab (default: every lab with state)"),
     as_json: bool = typer.Option(False, "--json"),
+    refresh: bool = typer.Option(False, "--refresh", help="ask Vagrant (slow), not the provider"),
 ):
-    """Machines, provider, state, last good step and last error (machine, step, command)."""
-    rows = _engine().status(lab)
+    """Machines, provider, state, mode, last good step and last error (machine, step, command)."""
+    rows = _engine().status(lab, refresh=refresh)
     if as_json:
         sys.stdout.write(to_json(rows))
         return
@@ -517,7 +538,9 @@ def status(
     table.add_column("steps", no_wrap=True, justify="right")
     for r in rows:
         for i, (m, v) in enumerate(r["machines"].items()):
-            lab_cell = f"{shown(r['lab'])}\n[dim]{shown(r['provider'] or '-')}, {shown(r['phase'])}[/]" if i == 0 else ""
+            images_note = ", from lab images" if r["lab_images"] else ""
+            lab_cell = (f"{shown(r['lab'])}\n[dim]{shown(r['provider'] or '-')}, {shown(r['phase'])}, "
+                        f"{shown(r['mode'])}{images_note}[/]") if i == 0 else ""
             table.add_row(lab_cell, shown(m), shown(v["state"]), str(r["steps_done"]) if i == 0 else "",
                           end_section=i == len(r["machines"]) - 1)
     console.print(table)
@@ -557,15 +580,30 @@ def halt(lab: str = LabArg):
 
 
 @app.command()
-def destroy(
-    lab: str = LabArg,
-    keep_image: bool = typer.Option(False, "--keep-image", help="keep the docker-provider machine image for the next lab"),
-):
-    """Destroy the machines and everything vmdock made for them."""
+def destroy(lab: str = LabArg):
+    """Destroy the machines and everything vmdock made for them (shared images stay: `vmdock prune`)."""
     events = RichEvents(OPTS.verbose)
     with events:
-        removed = _engine(events).destroy(lab, keep_image=keep_image)
+        removed = _engine(events).destroy(lab)
     console.print(f"{lab}: destroyed" + (f" ({', '.join(removed)})" if removed else " (nothing was up)"))
+
+
+@app.command()
+def prune(
+    everything: bool = typer.Option(False, "--all", help="the current machine image too"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Remove the shared images (machine images, lab images) no lab on this host uses; say what is kept and why."""
+    from .classroom import Classroom
+
+    rows = Classroom(_engine()).prune(everything)
+    if as_json:
+        sys.stdout.write(json.dumps([{"image": r.image, "removed": r.removed, "why": r.why} for r in rows], indent=2) + "\n")
+        return
+    for r in rows:
+        console.print(("removed " if r.removed else "kept ") + r.image + f": {r.why}", markup=False, highlight=False)
+    if not rows:
+        console.print("no vmdock image on this host")
 
 
 @app.command()
@@ -617,6 +655,51 @@ def config(
     console.print(table)
 
 
+# -- lab images -------------------------------------------------------------------
+
+image_app = typer.Typer(no_args_is_help=True, help="Lab images: a lab's machines after its steps, to start `up` and `reset` from.")
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+def image_build(
+    lab: str = LabArg,
+    no_steps: bool = typer.Option(False, "--no-steps", help="the student-mode lab (no steps; its checks are not run)"),
+):
+    """Bring the lab up if needed, verify it, and capture each machine as a lab image."""
+    from .classroom import Classroom
+
+    events = RichEvents(OPTS.verbose)
+    start = time.monotonic()
+    with events:
+        made = Classroom(_engine(events)).build_image(lab, no_steps=no_steps)
+    console.print(f"[green]{len(made)} lab image(s)[/] in {time.monotonic() - start:.0f}s: " + ", ".join(i.tag for i in made),
+                  highlight=False)
+
+
+@image_app.command("list")
+def image_list(as_json: bool = typer.Option(False, "--json")):
+    """Every lab image on this host: lab, provider, machine, size, fingerprint, built when."""
+    from .classroom import Classroom
+
+    rows = [{"lab": i.lab, "provider": i.provider, "machine": i.machine, "image": i.tag, "size": i.size,
+             "fingerprint": i.fingerprint, "steps": len(i.steps), "built_at": i.built_at, "vmdock": i.version}
+            for i in Classroom(_engine()).list_images()]
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        return
+    if not rows:
+        console.print("no lab image on this host (`vmdock image build LAB` makes one)")
+        return
+    table = Table(title="vmdock lab images")
+    for col in ("lab", "provider", "machine", "image", "size", "fingerprint", "items", "built"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["lab"], r["provider"], r["machine"], escape(r["image"]), f"{r['size'] / 1e6:.0f} MB",
+                      r["fingerprint"][:16], str(r["steps"]), r["built_at"])
+    console.print(table)
+
+
 # -- boxes ------------------------------------------------------------------------
 
 box_app = typer.Typer(no_args_is_help=True, help="Base boxes: build vmdock's own (offline, from the Debian mirror), list them.")
@@ -638,12 +721,12 @@ def box_build(
     log = Log(paths.cache_dir() / "boxes" / "build.log")
     start = time.monotonic()
     with events:
-        events.phase(f"box build ({provider})")
+        events.task(f"box build ({provider})")
         made = box_image.build(
             log, provider=provider, box=box, mirror=Settings.from_env().apt_mirror, force=force,
             on_line=lambda line: events.line("box", line), on_info=events.info,
         )
-        events.phase_done(f"box build ({provider})", time.monotonic() - start)
+        events.task_done(f"box build ({provider})", time.monotonic() - start)
     console.print(f"[green]{shown(made)}[/] ready ({time.monotonic() - start:.0f}s); log: {shown(str(log.path))}")
 
 

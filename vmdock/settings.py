@@ -33,7 +33,6 @@ from pydantic_settings import (
 from .errors import ConfigError
 
 PREFIX = "VMDOCK_"
-PROVIDERS = ("virtualbox", "libvirt", "docker")
 #: Settings read from a family of variables: field → variable prefix.
 FAMILIES = {"box_urls": "VMDOCK_BOX_URL_", "secrets": "VMDOCK_SECRET_"}
 #: Settings a CLI option can give: field → option.
@@ -159,8 +158,10 @@ class Settings(BaseSettings):
     @field_validator("provider")
     @classmethod
     def _provider(cls, v: str | None) -> str | None:
-        if v is not None and v not in PROVIDERS:
-            raise ValueError(f"{v!r} is not one of {', '.join(PROVIDERS)}")
+        from .providers import NAMES  # the one registry of providers
+
+        if v is not None and v not in NAMES:
+            raise ValueError(f"{v!r} is not one of {', '.join(NAMES)}")
         return v
 
     @field_validator("libvirt_driver")

@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vmdock import bundle, paths  # noqa: E402 (after the path insert)
+from vmdock.events import Events  # noqa: E402
 from vmdock.hostbuild import machine_image as mi  # noqa: E402
 from vmdock.hostbuild import rootfs as rf  # noqa: E402
-from vmdock.events import Events  # noqa: E402
 from vmdock.loader import resolve  # noqa: E402
 from vmdock.settings import Settings  # noqa: E402
 

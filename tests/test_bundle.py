@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 
 from vmdock import bundle, cli, needs
-from vmdock.hostbuild import machine_image, rootfs
 from vmdock.bundle_manifest import (
     MANIFEST,
     BundleWriter,
@@ -34,6 +33,7 @@ from vmdock.bundle_manifest import (
 )
 from vmdock.errors import MissingError
 from vmdock.events import Recorder
+from vmdock.hostbuild import machine_image, rootfs
 from vmdock.loader import resolve
 from vmdock.settings import Settings
 

@@ -124,7 +124,7 @@ class Machine:
         port = _docker("port", self.name, "22/tcp").stdout.split()[0].rsplit(":", 1)[1]
         self.port = int(port)
 
-    def connect(self, user: str = "vagrant", pkey=None, timeout: float = 30, **kw) -> "paramiko.SSHClient":
+    def connect(self, user: str = "vagrant", pkey=None, timeout: float = 30, **kw) -> paramiko.SSHClient:
         deadline = time.monotonic() + timeout
         while True:
             client = paramiko.SSHClient()

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import IO
 
 from . import __version__, needs, paths
-from .hostbuild import fsutil, rootfs
 from .bundle_manifest import (
     CHUNK,
     DEFAULT_LEVEL,
@@ -44,6 +43,7 @@ from .bundle_manifest import (
 from .bundle_sources import Plan, Source, lab_fingerprint, plan
 from .errors import BundleError, CommandError, LabError, tail
 from .events import Events
+from .hostbuild import fsutil, rootfs
 from .loader import LoadedLab, resolve
 from .providers.libvirt import vagrant_plugin_installed
 from .runlog import Log, quote, run

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import needs, paths
-from .hostbuild import machine_image, rootfs
 from .bundle_manifest import Compression, ImageRef, Kind, LabEntry
+from .hostbuild import machine_image, rootfs
 from .loader import LoadedLab
 from .providers.docker import docker_daemon
 from .runlog import Log, run

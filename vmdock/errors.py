@@ -58,7 +58,7 @@ class VmdockError(Exception):
             out.append(f"log: {self.log}")
         return out
 
-    def with_context(self, **kw) -> "VmdockError":
+    def with_context(self, **kw) -> VmdockError:
         """Fill in context that a lower layer did not know (never overwrites)."""
         for key, value in kw.items():
             if getattr(self, key, None) in (None, "") and value is not None:

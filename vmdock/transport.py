@@ -18,10 +18,9 @@ import io
 import posixpath
 import re
 import shlex
-import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import fabric
 import paramiko
@@ -155,7 +154,7 @@ class Transport:
                     f"({time.monotonic() - start:.2f}s)"
                 )
                 return
-            except (socket.error, paramiko.SSHException, EOFError) as exc:
+            except (OSError, paramiko.SSHException, EOFError) as exc:
                 last = exc
                 self.close()
                 if time.monotonic() >= deadline:
@@ -224,7 +223,7 @@ class Transport:
                 stderr_tail=self.log.mask(tail("\n".join(err.lines or out.lines))),
                 log=self.log.path,
             ) from None
-        except (socket.error, paramiko.SSHException, EOFError) as exc:
+        except (OSError, paramiko.SSHException, EOFError) as exc:
             self.log.command(self.machine, label, time.monotonic() - start, None)
             self.close()
             raise UnreachableError(

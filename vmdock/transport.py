@@ -288,7 +288,8 @@ class Transport:
 
     # files ------------------------------------------------------------------
     def _sftp(self) -> paramiko.SFTPClient:
-        return self._connection().sftp()
+        sftp: paramiko.SFTPClient = self._connection().sftp()  # fabric has no type hints
+        return sftp
 
     def _ensure_tmp(self) -> None:
         sftp = self._sftp()

@@ -16,10 +16,8 @@ import traceback
 
 import typer
 
-try:  # typer >= 0.2x vendors click (and does not install it): its exceptions are typer's own
-    from typer._click.exceptions import ClickException as _ClickException
-except ImportError:  # older typer raises click's own
-    from click import ClickException as _ClickException
+# typer vendors click (and does not install it): its exceptions are typer's own
+from typer._click.exceptions import ClickException as _ClickException
 
 from ..errors import EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, EXIT_OK, VmdockError
 from . import checks, host, labs  # noqa: F401  (each registers its commands on `app`)

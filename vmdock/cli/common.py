@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from .. import __version__
 from ..errors import VmdockError
@@ -105,7 +105,7 @@ class RichEvents(Events):
             console=err_console,
             transient=True,
         )
-        self.tasks: dict[tuple, int] = {}
+        self.tasks: dict[tuple, TaskID] = {}
         self.skipped = 0
         self._lock = threading.Lock()
 

@@ -5,6 +5,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -94,7 +95,7 @@ def image_list(as_json: bool = typer.Option(False, "--json")):
     """Every lab image on this host: lab, provider, machine, size, fingerprint, built when."""
     from ..classroom import Classroom
 
-    rows = [{"lab": i.lab, "provider": i.provider, "machine": i.machine, "image": i.tag, "size": i.size,
+    rows: list[dict[str, Any]] = [{"lab": i.lab, "provider": i.provider, "machine": i.machine, "image": i.tag, "size": i.size,
              "fingerprint": i.fingerprint, "steps": len(i.steps), "built_at": i.built_at, "vmdock": i.version}
             for i in Classroom(make_engine()).list_images()]
     if as_json:

@@ -97,7 +97,8 @@ def build_box(
     """
     info = on_info or (lambda _m: None)
     e = boxes.entry(box)
-    name, suite = e.get("vmdock_box"), e.get("suite")
+    name: str | None = e.get("vmdock_box")
+    suite = e.get("suite")
     if not name or not suite:
         buildable = (b for b, v in boxes.catalog().items() if isinstance(v, dict) and v.get("vmdock_box"))
         raise ConfigError(

@@ -65,7 +65,7 @@ def registered(name: str, provider: str) -> bool:
 
 def own_box(e: dict, provider: str) -> str | None:
     """The vmdock-built box of catalog entry ``e`` when Vagrant has it for ``provider``."""
-    own = e.get("vmdock_box")
+    own: str | None = e.get("vmdock_box")
     if own and provider == "libvirt" and registered(own, provider):
         return own
     return None

@@ -20,7 +20,7 @@ def _register(home, name="vmdock/debian12", provider="libvirt", arch=None):
     if arch:
         folder = folder / arch
     (folder / provider).mkdir(parents=True)
-    (folder / provider / "metadata.json").write_text('{"provider": "%s"}' % provider)
+    (folder / provider / "metadata.json").write_text(f'{{"provider": "{provider}"}}')
 
 
 @pytest.fixture

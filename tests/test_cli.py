@@ -59,8 +59,8 @@ def test_broken_lab_names_file_and_fields(capsys, tmp_path, monkeypatch):
     assert code == 2
     lines = err.splitlines()
     assert lines[0].startswith(f"error: {shown}: machines[1].memory: Input should be a valid integer")
-    fields = [l[len(f"  {shown}: "):].split(":")[0] for l in lines[1:]]
-    assert all(l.startswith(f"  {shown}: ") for l in lines[1:]), lines
+    fields = [line[len(f"  {shown}: "):].split(":")[0] for line in lines[1:]]
+    assert all(line.startswith(f"  {shown}: ") for line in lines[1:]), lines
     assert fields == ["machines[2].cpus", "checks[0]", "colour", "steps[0].files[0]"]
     assert "Traceback" not in err
 

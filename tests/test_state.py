@@ -39,7 +39,7 @@ def test_fingerprints_chain_forward_only():
     before = chain(steps)
     after = chain(["echo one", "echo TWO", "echo three", "echo four"])
     assert before[0] == after[0]
-    assert all(b != a for b, a in zip(before[1:], after[1:]))
+    assert all(b != a for b, a in zip(before[1:], after[1:], strict=True))
     assert len(set(before)) == len(before)
     assert chain(steps) == before  # deterministic
 

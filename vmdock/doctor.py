@@ -56,7 +56,7 @@ def _libvirt() -> list[dict]:
     if ok and shutil.which("virsh"):
         try:
             out = subprocess.run(["virsh", "-c", "qemu:///system", "pool-info", "default"], capture_output=True, text=True, timeout=30)
-            active = out.returncode == 0 and any(l.split(":", 1)[1].strip() == "running" for l in out.stdout.splitlines() if l.startswith("State:"))
+            active = out.returncode == 0 and any(line.split(":", 1)[1].strip() == "running" for line in out.stdout.splitlines() if line.startswith("State:"))
             rows.append(_row("libvirt pool default", "ok" if active else "warn",
                              "running" if active else f"missing or inactive (vagrant-libvirt keeps disks there): {fix}"))
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -90,7 +90,7 @@ def _free() -> list[dict]:
     rows = []
     try:
         with open("/proc/meminfo") as fh:
-            info = {l.split(":")[0]: int(l.split()[1]) for l in fh if ":" in l}
+            info = {line.split(":")[0]: int(line.split()[1]) for line in fh if ":" in line}
         avail = info.get("MemAvailable", 0) // 1024
         rows.append(_row("free RAM", "ok" if avail >= 2048 else "warn", f"{avail} MiB available (a lab machine takes 1024 MiB)"))
     except OSError:

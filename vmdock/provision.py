@@ -382,7 +382,9 @@ def run_plan(
             item.action(transports[item.machine])
         except VmdockError as exc:
             events.step_failed(item.machine, item.key, item.title, time.monotonic() - start)
-            raise exc.with_context(lab=ctx.lab.name, machine=item.machine, step=item.title, log=ctx.log.path)
+            raise exc.with_context(  # noqa: B904  (re-raises the caught error itself, with context added)
+                lab=ctx.lab.name, machine=item.machine, step=item.title, log=ctx.log.path
+            )
         seconds = time.monotonic() - start
         with _state_lock:
             ctx.state.mark_done(item.key, item.fingerprint, seconds, f"{item.machine}: {item.title}")

@@ -19,7 +19,7 @@ def ruby_string(value: str) -> str:
         elif ch.isprintable() and ch not in "\u2028\u2029":
             out.append(ch)
         elif "\udc80" <= ch <= "\udcff":  # a non-UTF-8 byte of a path or env value (surrogateescape)
-            out.append("\\x%02x" % (ord(ch) - 0xDC00))
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
         elif "\ud800" <= ch <= "\udfff":  # `\u{d800}` is a Ruby syntax error
             raise ValueError(f"cannot render the lone surrogate {ch!r} as a Ruby literal")
         else:

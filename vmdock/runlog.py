@@ -136,7 +136,7 @@ def run(
         proc.stdin.close()
     try:
         code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as expired:
         proc.kill()
         proc.wait()
         pumps.join(5)
@@ -146,7 +146,7 @@ def run(
             command=log.mask(text),
             stderr_tail=log.mask(tail("\n".join(pumps.err_tail))),
             log=log.path,
-        )
+        ) from expired
     except BaseException:  # Ctrl-C: do not leave the child behind
         proc.kill()
         proc.wait()

@@ -113,7 +113,7 @@ def debootstrap(
     except CommandError as exc:
         _log_own_log(target, log)
         exc.stderr_tail = tail(out.text()) or exc.stderr_tail
-        raise exc.with_context(
+        raise exc.with_context(  # noqa: B904  (re-raises the caught error itself, with context added)
             step=step,
             hint=f"debootstrap could not build Debian {suite} from {mirror}: is the mirror "
             f"reachable (set ${MIRROR_ENV} to a reachable Debian mirror)? The log has "

@@ -213,7 +213,7 @@ def _build(log: Log, tag: str, tarball: Path, *, mirror: str, suite: str, on_lin
             for image_id in reversed(out.step_images):
                 _docker(["rmi", image_id], log, check=False, timeout=120)
             exc.stderr_tail = tail(out.text()) or exc.stderr_tail
-            raise exc.with_context(
+            raise exc.with_context(  # noqa: B904  (re-raises the caught error itself, with context added)
                 step="machine-image",
                 hint=f"the machine image build failed; if apt failed, is {mirror} reachable "
                 f"from a container (set ${MIRROR_ENV})?",

@@ -34,7 +34,10 @@ def _kvm() -> dict:
                     f"(libvirt VMs fall back to TCG){note}")
     hint = ""
     if st.st_mode & 0o060 == 0:
-        hint = f"; with no group access libvirt re-probes qemu on every lookup — `chgrp kvm {dev}; chmod 0660 {dev}` (host-setup.sh --libvirt does)"
+        hint = (
+            "; with no group access libvirt re-probes qemu on every lookup — "
+            f"`chgrp kvm {dev}; chmod 0660 {dev}` (host-setup.sh --libvirt does)"
+        )
     usable, why = kvm_probe()
     if not usable:
         return _row("KVM", "warn", f"{present}: KVM is unusable: {why}; libvirt machines use the qemu driver "
@@ -55,10 +58,18 @@ def _libvirt() -> list[dict]:
                      "answers" if log_ok else f"not running ({log_detail}): qemu domains will not start; {fix}"))
     if ok and shutil.which("virsh"):
         try:
-            out = subprocess.run(["virsh", "-c", "qemu:///system", "pool-info", "default"], capture_output=True, text=True, timeout=30)
-            active = out.returncode == 0 and any(line.split(":", 1)[1].strip() == "running" for line in out.stdout.splitlines() if line.startswith("State:"))
-            rows.append(_row("libvirt pool default", "ok" if active else "warn",
-                             "running" if active else f"missing or inactive (vagrant-libvirt keeps disks there): {fix}"))
+            out = subprocess.run(
+                ["virsh", "-c", "qemu:///system", "pool-info", "default"], capture_output=True, text=True, timeout=30
+            )
+            active = out.returncode == 0 and any(
+                line.split(":", 1)[1].strip() == "running"
+                for line in out.stdout.splitlines()
+                if line.startswith("State:")
+            )
+            rows.append(_row(
+                "libvirt pool default", "ok" if active else "warn",
+                "running" if active else f"missing or inactive (vagrant-libvirt keeps disks there): {fix}",
+            ))
         except (OSError, subprocess.TimeoutExpired) as exc:
             rows.append(_row("libvirt pool default", "warn", f"virsh pool-info failed: {exc}"))
     from .hostbuild import boxes
@@ -92,14 +103,18 @@ def _free() -> list[dict]:
         with open("/proc/meminfo") as fh:
             info = {line.split(":")[0]: int(line.split()[1]) for line in fh if ":" in line}
         avail = info.get("MemAvailable", 0) // 1024
-        rows.append(_row("free RAM", "ok" if avail >= 2048 else "warn", f"{avail} MiB available (a lab machine takes 1024 MiB)"))
+        rows.append(
+            _row("free RAM", "ok" if avail >= 2048 else "warn", f"{avail} MiB available (a lab machine takes 1024 MiB)")
+        )
     except OSError:
         pass
     home = paths.vmdock_home()
     probe = home if home.exists() else home.parent if home.parent.exists() else paths.Path("/")
     du = shutil.disk_usage(probe)
     gib = du.free / 2**30
-    rows.append(_row("free disk", "ok" if gib >= 10 else "warn", f"{gib:.1f} GiB free at {probe} (vmdock home: {home})"))
+    rows.append(
+        _row("free disk", "ok" if gib >= 10 else "warn", f"{gib:.1f} GiB free at {probe} (vmdock home: {home})")
+    )
     return rows
 
 

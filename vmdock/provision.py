@@ -141,7 +141,9 @@ class Context:
 def _apt_item(ctx: Context) -> tuple[str, list, Callable]:
     s = ctx.settings
     sources = (
-        render_template("debian.sources.j2", mirror=s.apt_mirror, suite="bookworm", security_mirror=s.apt_security_mirror)
+        render_template(
+            "debian.sources.j2", mirror=s.apt_mirror, suite="bookworm", security_mirror=s.apt_security_mirror
+        )
         if s.apt_mirror
         else ""
     )

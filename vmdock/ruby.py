@@ -23,7 +23,7 @@ def ruby_string(value: str) -> str:
         elif "\ud800" <= ch <= "\udfff":  # `\u{d800}` is a Ruby syntax error
             raise ValueError(f"cannot render the lone surrogate {ch!r} as a Ruby literal")
         else:
-            out.append("\\u{%x}" % ord(ch))
+            out.append(f"\\u{{{ord(ch):x}}}")
     out.append('"')
     return "".join(out)
 

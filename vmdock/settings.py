@@ -115,7 +115,8 @@ class Settings(BaseSettings):
         None, description="the same for the security suite (default: the machines' own)")
     docker_source: str = Field("debian", description="where machines get Docker: debian (docker.io) or docker-ce")
     docker_ce_mirror: str | None = Field(
-        None, description="get.docker.com's `--mirror` (e.g. `Aliyun`, `AzureChinaCloud`), with VMDOCK_DOCKER_SOURCE=docker-ce")
+        None, description="get.docker.com's `--mirror` (e.g. `Aliyun`, `AzureChinaCloud`), "
+        "with VMDOCK_DOCKER_SOURCE=docker-ce")
     get_docker_url: str | None = Field(
         None, description="a copy of get.docker.com (http(s):// or file:// inside the machine), "
         "with VMDOCK_DOCKER_SOURCE=docker-ce (default: https://get.docker.com)")

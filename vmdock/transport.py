@@ -59,7 +59,9 @@ def map_lines(text: str, remote: str, origin: str) -> str:
     become ``labs/x/lab.yaml: steps[2].run line 3: …``.
     """
     text = re.sub(rf"(?m)^{re.escape(remote)}: line (\d+):", lambda m: f"{origin} line {m.group(1)}:", text)
-    return re.sub(r"(?m)^vmdock: line (\d+): exit (\d+)$", lambda m: f"{origin} line {m.group(1)}: exit {m.group(2)}", text)
+    return re.sub(
+        r"(?m)^vmdock: line (\d+): exit (\d+)$", lambda m: f"{origin} line {m.group(1)}: exit {m.group(2)}", text
+    )
 
 
 def failed_line(text: str, origin: str) -> str | None:
@@ -277,7 +279,10 @@ class Transport:
         self.put_bytes(script.encode("utf-8"), remote, mode=0o600)
         shown = f"[{name}] " + (script.strip().splitlines() or [""])[0][:100]
         try:
-            return self.run(script_command(remote, trap=origin is not None), timeout=timeout, check=check, step=step, shown=shown, stdin=prelude)
+            return self.run(
+                script_command(remote, trap=origin is not None),
+                timeout=timeout, check=check, step=step, shown=shown, stdin=prelude,
+            )
         except ProvisionError as exc:
             if origin and exc.stderr_tail:
                 exc.stderr_tail = map_lines(exc.stderr_tail, remote, origin)

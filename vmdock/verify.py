@@ -120,7 +120,8 @@ def _http(check: HttpCheck, env: dict[str, str] | None = None) -> tuple[str, Jud
 
 
 def _port(check: PortCheck) -> tuple[str, Judge]:
-    script = f"timeout 5 bash -c {shlex.quote(f'exec 3<>/dev/tcp/{check.host}/{check.port}')} && echo open || echo closed"
+    probe = f"exec 3<>/dev/tcp/{check.host}/{check.port}"
+    script = f"timeout 5 bash -c {shlex.quote(probe)} && echo open || echo closed"
 
     def judge(code: int, out: str, err: str) -> tuple[bool, str, str]:
         state = "open" if out.strip().endswith("open") else "closed"
@@ -181,7 +182,9 @@ def run_check(ctx: Context, check, transport: Transport) -> CheckResult:
                        ctx.log.mask(expected), ctx.log.mask(seen), attempts)
 
 
-def run_checks(ctx: Context, transports: dict[str, Transport], events=None, only: list[str] | None = None) -> list[CheckResult]:
+def run_checks(
+    ctx: Context, transports: dict[str, Transport], events=None, only: list[str] | None = None
+) -> list[CheckResult]:
     results = []
     unreachable: dict[str, str] = {}  # machine → why
     for check in ctx.lab.checks:
@@ -195,7 +198,9 @@ def run_checks(ctx: Context, transports: dict[str, Transport], events=None, only
             except UnreachableError as exc:
                 unreachable[machine] = exc.message
         if unreachable[machine]:
-            results.append(CheckResult(check.name, check.type, machine, False, 0.0, "", "", 0, error=unreachable[machine]))
+            results.append(
+                CheckResult(check.name, check.type, machine, False, 0.0, "", "", 0, error=unreachable[machine])
+            )
             continue
         if events:
             events.step_start(machine, f"check:{check.name}", check.name)
@@ -228,12 +233,16 @@ def junit_xml(lab: str, results: list[CheckResult]) -> str:
         time=f"{sum(r.seconds for r in results):.2f}",
     )
     for r in results:
-        case = ET.SubElement(suite, "testcase", classname=f"vmdock.{lab}.{r.machine}", name=_xml_text(r.name), time=f"{r.seconds:.2f}")
+        case = ET.SubElement(
+            suite, "testcase", classname=f"vmdock.{lab}.{r.machine}", name=_xml_text(r.name), time=f"{r.seconds:.2f}"
+        )
         if r.error:
             err = ET.SubElement(case, "error", message=_xml_text(r.error[:500]), type="error")
             err.text = _xml_text(r.error)
         elif not r.passed:
-            fail = ET.SubElement(case, "failure", message=_xml_text(f"expected {r.expected}; saw {r.seen}"[:500]), type=r.type)
+            fail = ET.SubElement(
+                case, "failure", message=_xml_text(f"expected {r.expected}; saw {r.seen}"[:500]), type=r.type
+            )
             fail.text = _xml_text(f"expected: {r.expected}\nseen: {r.seen}\nattempts: {r.attempts}")
     root = ET.Element("testsuites")
     root.append(suite)

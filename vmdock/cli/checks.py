@@ -69,7 +69,9 @@ def _report(lab: str, results, junit: Path | None, as_json: bool, error: VmdockE
         mark = {"passed": "[green]PASS[/]", "failed": "[red]FAIL[/]", "error": "[red]ERROR[/]"}
         for r in results:
             seen = r.seen if not r.error else ("not run: the error below" if error else f"not run: {r.error}")
-            table.add_row(mark[r.status], shown(r.name), shown(r.machine), shown(r.expected), shown(seen), f"{r.seconds:.1f}s")
+            table.add_row(
+                mark[r.status], shown(r.name), shown(r.machine), shown(r.expected), shown(seen), f"{r.seconds:.1f}s"
+            )
         console.print(table)
         console.print(f"{counts['passed']} passed, {counts['failed']} failed"
                       + (f", {counts['error']} errors (could not run)" if counts["error"] else ""),
@@ -113,10 +115,14 @@ def verify(
 @app.command("test")
 def test_lab(
     lab: str = LabArg,
-    destroy_when: str = typer.Option("passing", "--destroy", help="always, passing (only when every check passed) or never"),
+    destroy_when: str = typer.Option(
+        "passing", "--destroy", help="always, passing (only when every check passed) or never"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print results as JSON"),
     junit: Path | None = typer.Option(None, "--junit", help="write JUnit XML to FILE", metavar="FILE"),
-    provider: str | None = typer.Option(None, "--provider", help="virtualbox, libvirt or docker (also VMDOCK_PROVIDER)"),
+    provider: str | None = typer.Option(
+        None, "--provider", help="virtualbox, libvirt or docker (also VMDOCK_PROVIDER)"
+    ),
     images_dir: Path | None = typer.Option(None, "--images-dir", help="folder of `docker save` tarballs (see `up`)"),
 ):
     """up → verify → destroy in one command, for CI; the report is written whatever happens."""
@@ -154,7 +160,10 @@ def test_lab(
             removed = engine.destroy(loaded.name)
         err_console.print(f"{shown(loaded.name)}: destroyed" + (f" ({shown(', '.join(removed))})" if removed else ""))
     else:
-        err_console.print(f"{shown(loaded.name)}: machines kept (--destroy {destroy_when}); `vmdock destroy {shown(loaded.name)}` removes them")
+        err_console.print(
+            f"{shown(loaded.name)}: machines kept (--destroy {destroy_when}); "
+            f"`vmdock destroy {shown(loaded.name)}` removes them"
+        )
     raise typer.Exit(code)
 
 

@@ -80,10 +80,14 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _global(
-    labs_dir: list[Path] | None = typer.Option(None, "--labs-dir", help="extra folder of lab folders (repeatable; also VMDOCK_LABS)"),
+    labs_dir: list[Path] | None = typer.Option(
+        None, "--labs-dir", help="extra folder of lab folders (repeatable; also VMDOCK_LABS)"
+    ),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="stream command output"),
     debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
-    version: bool = typer.Option(False, "--version", help="print the version and exit", callback=_print_version, is_eager=True),
+    version: bool = typer.Option(
+        False, "--version", help="print the version and exit", callback=_print_version, is_eager=True
+    ),
 ):
     if version:
         console.print(f"vmdock {__version__}")
@@ -132,7 +136,9 @@ class RichEvents(Events):
 
     def step_start(self, machine, key, title):
         with self._lock:
-            self.tasks[(machine, key)] = self.progress.add_task(f"[magenta]{shown(machine)}[/] {shown(title)}", total=None)
+            self.tasks[(machine, key)] = self.progress.add_task(
+                f"[magenta]{shown(machine)}[/] {shown(title)}", total=None
+            )
 
     def _finish(self, machine, key):
         with self._lock:

@@ -62,7 +62,9 @@ def config(
         table.add_column(col, overflow="fold")
     for r in rows:
         value = r["value"]
-        shown = "-" if value in (None, [], {}) else (json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value))
+        shown = "-" if value in (None, [], {}) else (
+            json.dumps(value) if isinstance(value, (list, dict, bool)) else str(value)
+        )
         origin = f"option {r['option']}" if r["source"] == "option" else r["source"]
         table.add_row(escape(r["variable"]), escape(shown), origin)
     console.print(table)
@@ -70,7 +72,9 @@ def config(
 
 # -- lab images -------------------------------------------------------------------
 
-image_app = typer.Typer(no_args_is_help=True, help="Lab images: a lab's machines after its steps, to start `up` and `reset` from.")
+image_app = typer.Typer(
+    no_args_is_help=True, help="Lab images: a lab's machines after its steps, to start `up` and `reset` from."
+)
 app.add_typer(image_app, name="image")
 
 
@@ -86,8 +90,10 @@ def image_build(
     start = time.monotonic()
     with events:
         made = Classroom(make_engine(events)).build_image(lab, no_steps=no_steps)
-    console.print(f"[green]{len(made)} lab image(s)[/] in {time.monotonic() - start:.0f}s: " + ", ".join(i.tag for i in made),
-                  highlight=False)
+    console.print(
+        f"[green]{len(made)} lab image(s)[/] in {time.monotonic() - start:.0f}s: " + ", ".join(i.tag for i in made),
+        highlight=False,
+    )
 
 
 @image_app.command("list")
@@ -95,9 +101,11 @@ def image_list(as_json: bool = typer.Option(False, "--json")):
     """Every lab image on this host: lab, provider, machine, size, fingerprint, built when."""
     from ..classroom import Classroom
 
-    rows: list[dict[str, Any]] = [{"lab": i.lab, "provider": i.provider, "machine": i.machine, "image": i.tag, "size": i.size,
-             "fingerprint": i.fingerprint, "steps": len(i.steps), "built_at": i.built_at, "vmdock": i.version}
-            for i in Classroom(make_engine()).list_images()]
+    rows: list[dict[str, Any]] = [
+        {"lab": i.lab, "provider": i.provider, "machine": i.machine, "image": i.tag, "size": i.size,
+         "fingerprint": i.fingerprint, "steps": len(i.steps), "built_at": i.built_at, "vmdock": i.version}
+        for i in Classroom(make_engine()).list_images()
+    ]
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
         return
@@ -115,7 +123,9 @@ def image_list(as_json: bool = typer.Option(False, "--json")):
 
 # -- boxes ------------------------------------------------------------------------
 
-box_app = typer.Typer(no_args_is_help=True, help="Base boxes: build vmdock's own (offline, from the Debian mirror), list them.")
+box_app = typer.Typer(
+    no_args_is_help=True, help="Base boxes: build vmdock's own (offline, from the Debian mirror), list them."
+)
 app.add_typer(box_app, name="box")
 
 
@@ -159,7 +169,8 @@ def box_list(as_json: bool = typer.Option(False, "--json")):
         cached = r["cached"]
         built = (f"{r['vmdock_box']}: {cached['size'] / 1e6:.0f} MB, {cached['built_at'] or '?'}" if cached
                  else (f"{r['vmdock_box']}: not built (`vmdock box build`)" if r["vmdock_box"] else "-"))
-        uses = (r["uses"] or "-") + (f" from {r['url_override']}" if r["url_override"] and r["provider"] != "docker" else "")
+        overridden = r["url_override"] and r["provider"] != "docker"
+        uses = (r["uses"] or "-") + (f" from {r['url_override']}" if overridden else "")
         reg = "yes" if r["registered"] else ("no" if r["vmdock_box"] else "-")
         table.add_row(f"{r['box']}\n[dim]{shown(r['title'])}[/]", r["provider"], shown(uses), shown(built), reg)
     console.print(table)

@@ -55,7 +55,8 @@ def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readab
             }
         )
     if as_json:
-        sys.stdout.write(to_json({"labs": rows, "broken": [{"folder": str(p.folder), "error": str(p.error)} for p in problems]}))
+        broken = [{"folder": str(p.folder), "error": str(p.error)} for p in problems]
+        sys.stdout.write(to_json({"labs": rows, "broken": broken}))
     else:
         table = Table(title="vmdock labs")
         # identifiers never split (one machine a line); titles wrap, and say when a lab is not offline
@@ -80,7 +81,10 @@ def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readab
 def show(lab: str = LabArg):
     """One lab: book sections, machines, steps, checks."""
     spec = resolve(lab, OPTS.labs_dirs).lab
-    console.print(f"[bold]{shown(spec.name)}[/] — 第{spec.chapter}章 {shown(spec.title)}" + (f" ({shown(spec.title_en)})" if spec.title_en else ""))
+    console.print(
+        f"[bold]{shown(spec.name)}[/] — 第{spec.chapter}章 {shown(spec.title)}"
+        + (f" ({shown(spec.title_en)})" if spec.title_en else "")
+    )
     if spec.description:
         console.print(shown(spec.description.strip()))
     console.print(f"offline: {'yes' if spec.offline else 'no'}; base image: {shown(spec.base_image)}")
@@ -93,11 +97,18 @@ def show(lab: str = LabArg):
     console.print("[bold]machines[/]")
     for m in spec.machines:
         ports = ", ".join(f"{p.host_ip}:{p.host}→{p.guest}" for p in m.forwarded_ports)
-        console.print(f"  {shown(m.name)}: {shown(m.box)}, {m.cpus} cpu, {m.memory} MiB" + (f", ports {shown(ports)}" if ports else ""))
+        console.print(
+            f"  {shown(m.name)}: {shown(m.box)}, {m.cpus} cpu, {m.memory} MiB"
+            + (f", ports {shown(ports)}" if ports else "")
+        )
     console.print("[bold]steps[/]")
     for i, s in enumerate(spec.steps, 1):
         on = "all" if s.on == "all" else ", ".join(s.on)
-        console.print(f"  {i}. {shown(s.name)}" + (f" [dim]({shown(s.name_en)})[/]" if s.name_en else "") + f" [dim]on {shown(on)}[/]")
+        console.print(
+            f"  {i}. {shown(s.name)}"
+            + (f" [dim]({shown(s.name_en)})[/]" if s.name_en else "")
+            + f" [dim]on {shown(on)}[/]"
+        )
     console.print("[bold]checks[/]")
     for c in spec.checks:
         console.print(f"  - {shown(c.name)} [dim]({c.type}, on {shown(spec.check_machine(c))})[/]")
@@ -118,7 +129,9 @@ def steps(lab: str = LabArg):
     out.append(f"cd {shlex.quote(remote_lab_dir(spec.name))}")
     for k, v in env.items():
         if k in spec.secrets:
-            out.append(f"export {k}=...   # a secret: vmdock generates one per lab instance (state.json); choose your own")
+            out.append(
+                f"export {k}=...   # a secret: vmdock generates one per lab instance (state.json); choose your own"
+            )
         elif k != "VMDOCK_MACHINE":
             out.append(f"export {k}={shlex.quote(v)}")
     machine = None
@@ -133,7 +146,10 @@ def steps(lab: str = LabArg):
                 out.append(f"export VMDOCK_EXPORTS={exports_file(i)}; mkdir -p \"$(dirname \"$VMDOCK_EXPORTS\")\"")
             out.append(s.run.rstrip())
             if s.exports:
-                out.append(f'set -a; . "$VMDOCK_EXPORTS"; set +a   # {", ".join(s.exports)}: export these on the other machines too')
+                out.append(
+                    f'set -a; . "$VMDOCK_EXPORTS"; set +a   # {", ".join(s.exports)}: '
+                    "export these on the other machines too"
+                )
     # plain text, never wrapped: students copy these lines (control characters shown, never sent raw)
     sys.stdout.write(visible("\n".join(out), keep="\n\t") + "\n")
 
@@ -166,7 +182,9 @@ def up(
     images_dir: Path | None = typer.Option(
         None, "--images-dir", help="folder of `docker save` tarballs for labs that need images (also VMDOCK_IMAGES_DIR)"
     ),
-    no_steps: bool = typer.Option(False, "--no-steps", help="student mode: machines, Docker, base image, lab files; none of the steps"),
+    no_steps: bool = typer.Option(
+        False, "--no-steps", help="student mode: machines, Docker, base image, lab files; none of the steps"
+    ),
     upto: str | None = typer.Option(None, "--upto", metavar="STEP", help="stop after this step (its number or name)"),
     no_image: bool = typer.Option(False, "--no-image", help="do not start from a lab image: the full path"),
 ):
@@ -181,7 +199,10 @@ def up(
 
 def _print_up(result) -> None:
     if result.ran == 0:
-        console.print(f"[green]{shown(result.lab)} is up[/]: nothing to do, {result.skipped} steps already done ({result.seconds:.1f}s)")
+        console.print(
+            f"[green]{shown(result.lab)} is up[/]: nothing to do, "
+            f"{result.skipped} steps already done ({result.seconds:.1f}s)"
+        )
     else:
         console.print(
             f"[green]{shown(result.lab)} is up[/] ({result.provider}): {result.ran} steps run"
@@ -297,7 +318,8 @@ def prune(
 
     rows = Classroom(make_engine()).prune(everything)
     if as_json:
-        sys.stdout.write(json.dumps([{"image": r.image, "removed": r.removed, "why": r.why} for r in rows], indent=2) + "\n")
+        report = [{"image": r.image, "removed": r.removed, "why": r.why} for r in rows]
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return
     for r in rows:
         console.print(("removed " if r.removed else "kept ") + r.image + f": {r.why}", markup=False, highlight=False)

@@ -117,10 +117,15 @@ def build_box(
         else:
             started = time.monotonic()
             _build_box_file(log, target, name=name, suite=suite, mirror=apt_mirror(mirror), on_line=on_line, info=info)
-            info(f"box {name}: built {target} ({target.stat().st_size / 1e6:.0f} MB) in {time.monotonic() - started:.0f}s")
+            info(
+                f"box {name}: built {target} ({target.stat().st_size / 1e6:.0f} MB) "
+                f"in {time.monotonic() - started:.0f}s"
+            )
         if force or not boxes.registered(name, "libvirt"):
             info(f"box {name}: vagrant box add")
-            _vagrant(["box", "add", "--force", "--name", name, "--provider", "libvirt", str(target)], log, on_line=on_line)
+            _vagrant(
+                ["box", "add", "--force", "--name", name, "--provider", "libvirt", str(target)], log, on_line=on_line
+            )
             _drop_stale_pool_volumes(log, name)
         else:
             info(f"box {name}: registered with Vagrant already")
@@ -139,7 +144,9 @@ def _vagrant(args: list[str], log: Log, **kw) -> subprocess.CompletedProcess:
         return run(["vagrant", *args], log, env=vagrant_env(), timeout=1800, **kw)
     except CommandError as exc:
         if exc.exit_code is None and "not installed" in exc.message:
-            raise ProviderError("vagrant is not installed", hint="sudo bash scripts/host-setup.sh --libvirt", log=log.path) from exc
+            raise ProviderError(
+                "vagrant is not installed", hint="sudo bash scripts/host-setup.sh --libvirt", log=log.path
+            ) from exc
         raise
 
 
@@ -253,7 +260,9 @@ class _Disk:
             self.loop = None
 
 
-def _configure(disk: _Disk, log: Log, *, name: str, suite: str, mirror: str, key: Path, on_line: LineSink | None) -> None:
+def _configure(
+    disk: _Disk, log: Log, *, name: str, suite: str, mirror: str, key: Path, on_line: LineSink | None
+) -> None:
     """In a chroot of the new system: apt sources, the vagrant user, SSH, GRUB."""
     root, mnt = disk.root, disk.mnt
     disk.put("tmp/vagrant-insecure.pub", key.read_text(encoding="utf-8"), log)

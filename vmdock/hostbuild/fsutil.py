@@ -109,7 +109,10 @@ def root_prefix(what: str) -> list[str]:
     """Run as root: nothing when we are root, else ``sudo -n`` (never prompts)."""
     if os.geteuid() == 0:
         return []
-    if shutil.which("sudo") and subprocess.run(["sudo", "-n", "true"], capture_output=True, check=False).returncode == 0:
+    if (
+        shutil.which("sudo")
+        and subprocess.run(["sudo", "-n", "true"], capture_output=True, check=False).returncode == 0
+    ):
         return ["sudo", "-n"]
     raise ProviderError(f"{what} needs root", hint="run vmdock as root, or allow this user passwordless sudo")
 

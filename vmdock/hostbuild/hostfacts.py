@@ -95,7 +95,9 @@ def _boot_guest(qemu: str, accel: str, disk: str, timeout: float) -> tuple[bool,
     ]
     start = time.monotonic()
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
     except OSError as exc:
         return False, 0.0, f"{qemu}: {exc}"
     try:

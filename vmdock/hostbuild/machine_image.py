@@ -203,7 +203,9 @@ def _build(log: Log, tag: str, tarball: Path, *, mirror: str, suite: str, on_lin
                     "--build-arg", f"BASE={base}", "--build-arg", f"MIRROR={fetch_from}",
                     "--build-arg", f"SOURCES_MIRROR={mirror}", "--build-arg", f"SUITE={suite}",
                     *proxies,
-                    "--label", ROLE_LABEL, "--label", f"vmdock.rootfs.sha256={sha}", "--label", f"vmdock.mirror={mirror}",
+                    "--label", ROLE_LABEL,
+                    "--label", f"vmdock.rootfs.sha256={sha}",
+                    "--label", f"vmdock.mirror={mirror}",
                     "--tag", tag, "--file", str(MACHINE_DOCKERFILE), str(MACHINE_TEMPLATE_DIR),
                 ]
                 _docker(build, log, timeout=1800, on_line=out)

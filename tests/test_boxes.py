@@ -1,4 +1,5 @@
-"""Box resolution (vmdock-built box vs Vagrant Cloud vs VMDOCK_BOX_URL_*), the box's apt sources and the libvirt driver choice.
+"""Box resolution (vmdock-built box vs Vagrant Cloud vs VMDOCK_BOX_URL_*), the box's apt sources
+and the libvirt driver choice.
 
 Fast: no Vagrant, no libvirt; Vagrant's box folder and the KVM probe are faked.
 """
@@ -166,4 +167,5 @@ def test_box_sources_come_from_the_machines_template(monkeypatch):
     local = box_image.debian_sources("http://127.0.0.1:3142/debian", "bookworm")
     assert "security" not in local  # a local mirror: no security stanza unless one is given
     monkeypatch.setenv("VMDOCK_APT_SECURITY_MIRROR", "http://127.0.0.1:3142/debian-security")
-    assert "URIs: http://127.0.0.1:3142/debian-security\n" in box_image.debian_sources("http://127.0.0.1:3142/debian", "bookworm")
+    sources = box_image.debian_sources("http://127.0.0.1:3142/debian", "bookworm")
+    assert "URIs: http://127.0.0.1:3142/debian-security\n" in sources

@@ -183,7 +183,8 @@ def test_export_of_a_lab_without_lab_images_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("VMDOCK_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(machine_image, "ROLE_LABEL", TEST_ROLE)
     events = Recorder()
-    manifest = bundle.export(tmp_path / "b.vmdock", [resolve("ch91-alpha", [ROOT / "tests" / "labs" / "good"])], Settings(), events, bundle.log_file())
+    lab = resolve("ch91-alpha", [ROOT / "tests" / "labs" / "good"])
+    manifest = bundle.export(tmp_path / "b.vmdock", [lab], Settings(), events, bundle.log_file())
     bundled = [r.ref for m in manifest.members for r in m.images]
     assert not any(ref.startswith("vmdock/lab-") for ref in bundled)
     assert any("no lab images built here" in n for n in manifest.labs[0].notes)

@@ -203,7 +203,8 @@ def test_steps_exports_every_variable_a_step_gets(capsys):
                 assert "export DB_PASSWORD=...   # a secret" in out
             else:
                 assert f"export {key}={value}" in out, key
-    assert {"VMDOCK_LAB", "VMDOCK_MACHINE", "VMDOCK_LAB_DIR", "VMDOCK_BASE_IMAGE", "VMDOCK_IP_WEB", "GREETING"} <= set(env)
+    expected = {"VMDOCK_LAB", "VMDOCK_MACHINE", "VMDOCK_LAB_DIR", "VMDOCK_BASE_IMAGE", "VMDOCK_IP_WEB", "GREETING"}
+    assert expected <= set(env)
 
 
 def test_schema_is_json_with_machines(capsys):

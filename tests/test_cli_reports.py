@@ -67,7 +67,9 @@ def hostile_lab(tmp_path) -> Path:
     return _long_lab(tmp_path, HOSTILE)
 
 
-def failed_state(home: Path, message: str = "failed at labs/ch97/lab.yaml: steps[0].run line 3: NETWORK: unbound variable") -> None:
+def failed_state(
+    home: Path, message: str = "failed at labs/ch97/lab.yaml: steps[0].run line 3: NETWORK: unbound variable"
+) -> None:
     """The state `vmdock up` leaves after a failed step: two machines made, one not."""
     st = LabState(path=home / "labs" / "ch97-quite-a-long-lab-name" / "state.json", lab="ch97-quite-a-long-lab-name",
                   phase="failed", provider="docker")
@@ -136,7 +138,9 @@ def test_verify_of_a_lab_that_is_not_up_reports_every_check_as_an_error(capsys, 
 
 def test_verify_of_an_unknown_check_is_bad_input_and_writes_nothing(capsys, tmp_path):
     junit = tmp_path / "junit.xml"
-    code, _, err = run(capsys, "--labs-dir", str(GOOD), "verify", "ch91-alpha", "--check", "nope", "--junit", str(junit))
+    code, _, err = run(
+        capsys, "--labs-dir", str(GOOD), "verify", "ch91-alpha", "--check", "nope", "--junit", str(junit)
+    )
     assert code == 2 and "ch91-alpha has no check named 'nope'" in err and not junit.exists()
 
 
@@ -153,7 +157,9 @@ def test_test_writes_the_report_when_up_fails(capsys, monkeypatch, tmp_path, des
     monkeypatch.setattr(Engine, "verify", lambda *a, **k: calls.append("verify"))
     monkeypatch.setattr(Engine, "destroy", lambda self, name: calls.append("destroy") or [])
     junit = tmp_path / "junit.xml"
-    code, _, err = run(capsys, "--labs-dir", str(GOOD), "test", "ch91-alpha", "--destroy", destroy, "--junit", str(junit))
+    code, _, err = run(
+        capsys, "--labs-dir", str(GOOD), "test", "ch91-alpha", "--destroy", destroy, "--junit", str(junit)
+    )
     assert code == 3
     assert calls == ["up", "destroy"] if destroyed else calls == ["up"]
     suite = ET.parse(junit).getroot().find("testsuite")
@@ -250,7 +256,9 @@ def test_test_interrupted_still_writes_the_report_and_keeps_the_machines(capsys,
     monkeypatch.setattr(Engine, "up", interrupted)
     monkeypatch.setattr(Engine, "destroy", lambda *a, **k: calls.append("destroy") or [])
     junit = tmp_path / "junit.xml"
-    code, _, _ = run(capsys, "--labs-dir", str(GOOD), "test", "ch91-alpha", "--destroy", "always", "--junit", str(junit))
+    code, _, _ = run(
+        capsys, "--labs-dir", str(GOOD), "test", "ch91-alpha", "--destroy", "always", "--junit", str(junit)
+    )
     assert code == 130 and calls == []
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite.get("errors") == "4"

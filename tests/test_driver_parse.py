@@ -126,7 +126,9 @@ def test_the_installed_vagrants_own_template(tmp_path):
     """Render the installed Vagrant's ssh-config template with ERB, then parse it."""
     script = tmp_path / "erb.rb"
     script.write_text(ERB)
-    out = subprocess.run(["ruby", str(script), VAGRANT_TEMPLATES[-1]], capture_output=True, text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        ["ruby", str(script), VAGRANT_TEMPLATES[-1]], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     assert parse_ssh_config(out) == {
         "web": SshConfig("127.0.0.1", 2222, "vagrant", ("/a b/web key", "/plain/key")),
         "db": SshConfig("172.17.0.3", 22, "student", ("/k",)),

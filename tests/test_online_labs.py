@@ -232,7 +232,8 @@ def _fake_saved_image(path: Path, refs: list[str]) -> None:
     with tarfile.open(path, "w") as tar:
         add(tar, "layer/layer.tar", layer.getvalue())
         add(tar, "config.json", config.encode())
-        add(tar, "manifest.json", json.dumps([{"Config": "config.json", "RepoTags": refs, "Layers": ["layer/layer.tar"]}]).encode())
+        manifest = [{"Config": "config.json", "RepoTags": refs, "Layers": ["layer/layer.tar"]}]
+        add(tar, "manifest.json", json.dumps(manifest).encode())
 
 
 def test_preflight_takes_an_images_dir_tarball(offline_env):

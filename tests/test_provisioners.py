@@ -123,7 +123,8 @@ class Machine:
             "my $l = pack('s s x4 q q i x4', F_WRLCK, 0, 0, 0, 0); fcntl($f, F_SETLKW, $l) or die $!; "
             "open(my $r, '>', '/tmp/lock-held'); close($r); sleep($ARGV[1]);"
         )
-        self.sh(f"rm -f /tmp/lock-held; setsid nohup perl -e {shlex.quote(perl)} {path} {seconds} >/dev/null 2>&1 </dev/null & "
+        self.sh(f"rm -f /tmp/lock-held; "
+                f"setsid nohup perl -e {shlex.quote(perl)} {path} {seconds} >/dev/null 2>&1 </dev/null & "
                 "for i in $(seq 1 50); do [ -e /tmp/lock-held ] && exit 0; sleep 0.1; done; exit 1")
 
     def upload_scripts(self) -> None:
@@ -178,7 +179,8 @@ def _install_vm_packages(m: Machine, packages: str = VM_PACKAGES) -> None:
     m.sh(
         "export DEBIAN_FRONTEND=noninteractive; "
         f"apt-get install -y -q --no-install-recommends {packages} >/tmp/vm-packages.log 2>&1 "
-        f"|| {{ apt-get update -q >>/tmp/vm-packages.log 2>&1 && apt-get install -y -q --no-install-recommends {packages} >>/tmp/vm-packages.log 2>&1; }}"
+        f"|| {{ apt-get update -q >>/tmp/vm-packages.log 2>&1 "
+        f"&& apt-get install -y -q --no-install-recommends {packages} >>/tmp/vm-packages.log 2>&1; }}"
         " || { tail -n 20 /tmp/vm-packages.log; exit 1; }",
         timeout=900,
     )
@@ -215,7 +217,8 @@ def systemd_machine():
              "export DEBIAN_FRONTEND=noninteractive; "
              f"pkgs='systemd systemd-sysv dbus {VM_PACKAGES}'; "
              "apt-get install -y -q --no-install-recommends $pkgs >/tmp/l 2>&1 "
-             "|| { apt-get update -q >>/tmp/l 2>&1 && apt-get install -y -q --no-install-recommends $pkgs >>/tmp/l 2>&1; } "
+             "|| { apt-get update -q >>/tmp/l 2>&1 "
+             "&& apt-get install -y -q --no-install-recommends $pkgs >>/tmp/l 2>&1; } "
              "|| { tail -n 20 /tmp/l; exit 1; }"], timeout=900)
         run(["docker", "commit", builder, image])
         m = _start_machine(name, image, "/lib/systemd/systemd",
@@ -366,7 +369,8 @@ def test_apt_mirror(machine, tmp_path):
     listing = machine.sh("cat /etc/apt/sources.list").stdout
     assert not re.search(r"^deb ", listing, re.M), listing          # Debian lines commented out
     assert "#vmdock# deb http://deb.debian.org/debian bookworm main" in listing
-    assert machine.sh("cat /etc/apt/sources.list.vmdock-orig").stdout.startswith("deb http://deb.debian.org/debian bookworm")
+    original = machine.sh("cat /etc/apt/sources.list.vmdock-orig").stdout
+    assert original.startswith("deb http://deb.debian.org/debian bookworm")
     uris = machine.sh("apt-get update --print-uris").stdout        # what apt would fetch, fetching nothing
     assert "'https://mirrors.example.invalid/debian/dists/bookworm/InRelease'" in uris
     assert "'https://mirrors.example.invalid/debian/dists/bookworm-updates/InRelease'" in uris
@@ -601,7 +605,8 @@ def test_start_docker_switches_to_iptables_legacy_when_nft_fails(rootfs_tarball)
         m.script("install-docker.sh")
         m.sh("printf '#!/bin/sh\\necho nf_tables: not here >&2\\nexit 1\\n' >/usr/local/sbin/iptables-broken; "
              "chmod +x /usr/local/sbin/iptables-broken; "
-             "update-alternatives --install /usr/sbin/iptables iptables /usr/local/sbin/iptables-broken 100 >/dev/null; "
+             "update-alternatives --install /usr/sbin/iptables iptables /usr/local/sbin/iptables-broken 100 "
+             ">/dev/null; "
              "update-alternatives --set iptables /usr/local/sbin/iptables-broken")
         assert m.sh("iptables -nL", check=False).returncode != 0
         proc = m.script("start-docker.sh", timeout=180)

@@ -65,18 +65,24 @@ def test_no_vmdock_variable_is_read_outside_the_model():
     "env, message",
     [
         ({"VMDOCK_APT_MIRROR": "ftp://x"}, "VMDOCK_APT_MIRROR: 'ftp://x' is not an http(s) or file URL"),
-        ({"VMDOCK_APT_SECURITY_MIRROR": "deb.debian.org"}, "VMDOCK_APT_SECURITY_MIRROR: 'deb.debian.org' is not an http(s) or file URL"),
-        ({"VMDOCK_APT_MIRROR": "file:///no/such/mirror"}, "VMDOCK_APT_MIRROR: 'file:///no/such/mirror': /no/such/mirror is not a folder on this host"),
+        ({"VMDOCK_APT_SECURITY_MIRROR": "deb.debian.org"},
+         "VMDOCK_APT_SECURITY_MIRROR: 'deb.debian.org' is not an http(s) or file URL"),
+        ({"VMDOCK_APT_MIRROR": "file:///no/such/mirror"},
+         "VMDOCK_APT_MIRROR: 'file:///no/such/mirror': /no/such/mirror is not a folder on this host"),
         ({"VMDOCK_PROVIDER": "vmware"}, "VMDOCK_PROVIDER: 'vmware' is not one of virtualbox, libvirt, docker"),
         ({"VMDOCK_DOCKER_SOURCE": "snap"}, "VMDOCK_DOCKER_SOURCE: 'snap' must be 'debian' or 'docker-ce'"),
-        ({"VMDOCK_DOCKER_CE_MIRROR": "http://x"}, "VMDOCK_DOCKER_CE_MIRROR: 'http://x' is not a get.docker.com mirror name (e.g. Aliyun, AzureChinaCloud)"),
-        ({"VMDOCK_REGISTRY_MIRRORS": "https://ok.example, nope"}, "VMDOCK_REGISTRY_MIRRORS: 'nope' is not an http(s) URL"),
-        ({"VMDOCK_INSECURE_REGISTRIES": "reg:5000,bad/path"}, "VMDOCK_INSECURE_REGISTRIES: 'bad/path' is not host[:port]"),
+        ({"VMDOCK_DOCKER_CE_MIRROR": "http://x"},
+         "VMDOCK_DOCKER_CE_MIRROR: 'http://x' is not a get.docker.com mirror name (e.g. Aliyun, AzureChinaCloud)"),
+        ({"VMDOCK_REGISTRY_MIRRORS": "https://ok.example, nope"},
+         "VMDOCK_REGISTRY_MIRRORS: 'nope' is not an http(s) URL"),
+        ({"VMDOCK_INSECURE_REGISTRIES": "reg:5000,bad/path"},
+         "VMDOCK_INSECURE_REGISTRIES: 'bad/path' is not host[:port]"),
         ({"VMDOCK_LIBVIRT_DRIVER": "xen"}, "VMDOCK_LIBVIRT_DRIVER: 'xen' must be kvm or qemu"),
         ({"VMDOCK_PULL_BASE": "maybe"}, "VMDOCK_PULL_BASE: 'maybe': input should be a valid boolean"),
         ({"VMDOCK_CONNECT_TIMEOUT": "0"}, "VMDOCK_CONNECT_TIMEOUT: '0': input should be greater than 0"),
         ({"VMDOCK_REGISTRY_PROBE": "registry:5000"}, "VMDOCK_REGISTRY_PROBE: 'registry:5000' is not an http(s) URL"),
-        ({"VMDOCK_GET_DOCKER_URL": "get.docker.com"}, "VMDOCK_GET_DOCKER_URL: 'get.docker.com' is not an http(s) or file URL"),
+        ({"VMDOCK_GET_DOCKER_URL": "get.docker.com"},
+         "VMDOCK_GET_DOCKER_URL: 'get.docker.com' is not an http(s) or file URL"),
     ],
 )
 def test_errors_name_the_variable(env, message):
@@ -140,7 +146,8 @@ def test_vmdock_config_json(monkeypatch, tmp_path, capsys):
     rows = {r["variable"]: r for r in json.loads(out)}
     assert set(rows) == {settings.variable(n) for n in Settings.model_fields}
     assert rows["VMDOCK_HOME"] == {**rows["VMDOCK_HOME"], "value": str(tmp_path / "home"), "source": "environment"}
-    assert rows["VMDOCK_CACHE"]["value"] == str(tmp_path / "home" / "cache") and rows["VMDOCK_CACHE"]["source"] == "default"
+    assert rows["VMDOCK_CACHE"]["value"] == str(tmp_path / "home" / "cache")
+    assert rows["VMDOCK_CACHE"]["source"] == "default"
     assert rows["VMDOCK_PROVIDER"]["source"] == "option"
 
 
@@ -187,5 +194,7 @@ def test_virtual_machines_refuse_a_file_mirror(tmp_path):
     mirror.refuse_for_vms("libvirt", VMDOCK_APT_MIRROR="http://deb.debian.org/debian", VMDOCK_APT_SECURITY_MIRROR=None)
     with pytest.raises(ConfigError) as info:
         mirror.refuse_for_vms("libvirt", VMDOCK_APT_MIRROR=f"file://{tmp_path}")
-    assert info.value.message == f"VMDOCK_APT_MIRROR: file://{tmp_path} is a folder of this host, which libvirt machines cannot read"
+    assert info.value.message == (
+        f"VMDOCK_APT_MIRROR: file://{tmp_path} is a folder of this host, which libvirt machines cannot read"
+    )
     assert "http.server" in (info.value.hint or "") and "docker provider" in (info.value.hint or "")

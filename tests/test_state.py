@@ -282,7 +282,9 @@ def test_lab_lock_refuses_while_another_process_holds_it(tmp_path):
 def plan_ctx(tmp_path, monkeypatch):
     """A Context over a copy of ch91-alpha, with the shell scripts faked."""
     monkeypatch.setattr(provision, "provisioner", lambda name: f"# fake {name}\n")
-    monkeypatch.setattr(provision, "render_template", lambda name, **values: json.dumps({"t": name, **values}, default=str))
+    monkeypatch.setattr(
+        provision, "render_template", lambda name, **values: json.dumps({"t": name, **values}, default=str)
+    )
     folder = tmp_path / "labs" / "ch91-alpha"
     shutil.copytree(GOOD / "ch91-alpha", folder)
 
@@ -367,7 +369,8 @@ def test_machine_settings_and_ids_change_the_builtin_chain(plan_ctx):
     assert {"web:daemon", "web:base", "web:files", "db:daemon", "db:base", "db:files", *STEPS} == changed
     # a machine made anew (new id) starts its chain from scratch
     changed = _changed(before, fps(plan_ctx(), {"web": "id-web-2", "db": "id-db"}))
-    assert {k for k in changed if k.startswith("web:")} == {f"web:{b}" for b in ("apt", "docker", "daemon", "base", "files")}
+    web_steps = {f"web:{b}" for b in ("apt", "docker", "daemon", "base", "files")}
+    assert {k for k in changed if k.startswith("web:")} == web_steps
     assert not any(k.startswith("db:") for k in changed)
     assert set(STEPS) <= changed
 

@@ -266,7 +266,9 @@ def container(**kw) -> ContainerCheck:
 
 
 def test_container_running():
-    assert judge_of(container())(0, "running true\n", "") == (True, "container ch2-web running", "container ch2-web running")
+    assert judge_of(container())(0, "running true\n", "") == (
+        True, "container ch2-web running", "container ch2-web running"
+    )
 
 
 def test_container_stopped():
@@ -278,7 +280,9 @@ def test_container_stopped():
 def test_container_missing():
     err = "Error: No such object: ch2-web\n"
     assert judge_of(container())(1, "", err) == (False, "container ch2-web running", "no such container")
-    assert judge_of(container(running=False))(1, "", err) == (True, "container ch2-web not running", "no such container")
+    assert judge_of(container(running=False))(1, "", err) == (
+        True, "container ch2-web not running", "no such container"
+    )
 
 
 def test_container_docker_itself_fails():
@@ -412,7 +416,9 @@ def test_run_checks_only_and_machines(no_sleep):
     ])
     web, db = FakeTransport([(0, "", ""), (1, "", "")]), FakeTransport([(0, "", "")])
     results = run_checks(ctx, {"web": web, "db": db})
-    assert [(r.name, r.machine, r.passed) for r in results] == [("a", "web", True), ("b", "db", True), ("c", "web", False)]
+    assert [(r.name, r.machine, r.passed) for r in results] == [
+        ("a", "web", True), ("b", "db", True), ("c", "web", False)
+    ]
     only = run_checks(ctx, {"web": FakeTransport([]), "db": FakeTransport([(0, "", "")])}, only=["b"])
     assert [r.name for r in only] == ["b"]
 
@@ -422,8 +428,12 @@ def test_run_checks_only_and_machines(no_sleep):
 def _results():
     return [
         CheckResult("page answers", "http", "web", True, 0.5, "HTTP 200", "HTTP 200"),
-        CheckResult('db <port> & "quotes"', "port", "db", False, 1.25, "127.0.0.1:3306 open", "127.0.0.1:3306 closed", 3),
-        CheckResult("中文 检查", "command", "web", False, 2.0, "exit 0, stdout contains 'a<b>'", "exit 1; stdout: 'x & y'"),
+        CheckResult(
+            'db <port> & "quotes"', "port", "db", False, 1.25, "127.0.0.1:3306 open", "127.0.0.1:3306 closed", 3
+        ),
+        CheckResult(
+            "中文 检查", "command", "web", False, 2.0, "exit 0, stdout contains 'a<b>'", "exit 1; stdout: 'x & y'"
+        ),
     ]
 
 
@@ -438,7 +448,9 @@ def test_junit_xml_parses_and_counts_failures():
     assert suite.get("time") == "3.75"
     cases = suite.findall("testcase")
     assert [c.get("name") for c in cases] == ["page answers", 'db <port> & "quotes"', "中文 检查"]
-    assert [c.get("classname") for c in cases] == ["vmdock.ch91-alpha.web", "vmdock.ch91-alpha.db", "vmdock.ch91-alpha.web"]
+    assert [c.get("classname") for c in cases] == [
+        "vmdock.ch91-alpha.web", "vmdock.ch91-alpha.db", "vmdock.ch91-alpha.web"
+    ]
     assert cases[0].find("failure") is None
     fail = cases[1].find("failure")
     assert fail.get("type") == "port"
@@ -448,8 +460,9 @@ def test_junit_xml_parses_and_counts_failures():
 
 
 def test_junit_xml_errors_are_error_elements_and_counted():
-    results = _results() + errored(Lab.model_validate({"name": "xx", "chapter": 1, "title": "t", "machines": [{"name": "web"}],
-                                                        "checks": [{"name": "e", "type": "port", "port": 1}]}), "not up")
+    lab = Lab.model_validate({"name": "xx", "chapter": 1, "title": "t", "machines": [{"name": "web"}],
+                              "checks": [{"name": "e", "type": "port", "port": 1}]})
+    results = _results() + errored(lab, "not up")
     suite = ET.fromstring(junit_xml("ch91-alpha", results)).find("testsuite")
     assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("4", "2", "1")
     case = suite.findall("testcase")[3]

@@ -16,10 +16,7 @@ import traceback
 
 import typer
 
-# typer vendors click (and does not install it): its exceptions are typer's own
-from typer._click.exceptions import ClickException as _ClickException
-
-from ..errors import EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, EXIT_OK, VmdockError
+from ..errors import EXIT_BAD_INPUT, EXIT_INFRASTRUCTURE, EXIT_INTERRUPTED, EXIT_OK, VmdockError
 from . import checks, host, labs  # noqa: F401  (each registers its commands on `app`)
 from .common import OPTS, app, err_console, print_error, shown, visible
 
@@ -55,12 +52,16 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.exit_status
     except typer.Exit as exc:
         code = exc.exit_code
-    except _ClickException as exc:
-        exc.show()
-        code = exc.exit_code
     except (typer.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
         err_console.print("[yellow]interrupted[/]: the lab's state is kept; run the same command again to resume")
         code = EXIT_INTERRUPTED
+    except typer.TyperException as exc:  # a usage error (typer's public base of the click errors it vendors)
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            err_console.print(f"[bold red]error:[/] {shown(exc)}", highlight=False, soft_wrap=True)
+        code = int(getattr(exc, "exit_code", EXIT_BAD_INPUT))
     except Exception:  # a bug in vmdock: never exit 1 ("a check failed")
         traceback.print_exc()
         err_console.print("[bold red]error:[/] vmdock itself failed (the traceback above); please report it")

@@ -139,7 +139,7 @@ def fake_provider(world: World, base: type):
         def restore(self, lab, machine, log):
             world.restored.append(machine)
 
-        def destroy(self, lab, log, *, reap_later=False):
+        def destroy(self, lab, log):
             return None  # Vagrant (the fake driver) destroys
 
         def cleanup(self, lab, log):

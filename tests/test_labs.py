@@ -52,7 +52,7 @@ def test_offline_lab(env, shipped_lab, tmp_path, record_property):
     destroyed = vmdock(env, "destroy", lab)
     assert "destroyed" in destroyed.stdout
     assert leftovers(lab) == {"containers": [], "networks": []}
-    for _ in range(60):  # the machine's volume goes with its container, in the background
+    for _ in range(120):  # the machine's volume (the inner Docker's data) is deleted in the background
         if set(docker_lines("volume", "ls", "-q")) <= volumes_before:
             break
         time.sleep(1)

@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -40,6 +41,14 @@ class Probe:
     provider: str
     usable: bool
     reason: str
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What ``Provider.destroy`` removed (said), and what starts deleting the rest."""
+
+    said: list[str]
+    finish: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -160,15 +169,11 @@ class Provider(ABC):
         costs seconds); None: ask Vagrant."""
         return None
 
-    def destroy(self, lab: LoadedLab, log: Log, *, reap_later: bool = False) -> list[str] | None:
-        """Remove the lab's machines without Vagrant, when the provider can do it quicker
-        (say what was removed); None: `vagrant destroy` does it.  What takes long (deleting
-        disks) may go on after this returns, as long as new machines can be made at once;
-        ``reap_later``: do not start it before ``reap`` (new machines are being made)."""
+    def destroy(self, lab: LoadedLab, log: Log) -> Removal | None:
+        """Remove the lab's machines without Vagrant, when the provider can do it quicker;
+        None: `vagrant destroy` does it.  What takes long (deleting disks) is left to
+        ``Removal.finish``, which starts it in the background."""
         return None
-
-    def reap(self, lab: LoadedLab, log: Log) -> None:  # noqa: B027  (most providers leave nothing)
-        """Start what ``destroy(reap_later=True)`` left to do."""
 
     def cleanup(self, lab: LoadedLab, log: Log) -> list[str]:
         """After `vagrant destroy`: remove what Vagrant leaves of THIS lab; say what."""

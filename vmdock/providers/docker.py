@@ -251,11 +251,13 @@ class DockerProvider(Provider):
         return [i for i in found if i is not None and i.provider == self.name]
 
     def capture(self, lab: LoadedLab, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
+        from ..labimages import LABEL_PREFIX
         from ..provision import provisioner
         from ..render import container_name
         from .docker_capture import capture
 
-        return capture(container_name(lab.name, machine), tag, labels, provisioner("start-docker.sh"), log)
+        return capture(container_name(lab.name, machine), tag, labels, provisioner("start-docker.sh"), log,
+                       lab_image_label=f"{LABEL_PREFIX}fingerprint")
 
     def restore(self, lab: LoadedLab, machine: str, log: Log) -> None:
         from ..render import container_name

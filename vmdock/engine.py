@@ -311,11 +311,11 @@ class Engine:
                 t.close()
 
     def _context(self, home: LabHome, state: LabState) -> Context:
-        from . import images
+        from .hostbuild import rootfs
         from .provision import Context
         from .render import machine_ips
 
-        cache = images.rootfs_path()
+        cache = rootfs.rootfs_path()
         return Context(
             loaded=home.loaded,
             state=state,

@@ -98,7 +98,7 @@ def test_exit_status_of_each_error_class():
 
 
 def test_an_error_from_below_exits_with_its_class_status(capsys, monkeypatch):
-    def missing(self, name):
+    def missing(self, name, **options):  # up takes --no-steps, --upto, --no-image
         raise errors.MissingError("images not found: apache/hadoop:3.3.6", lab=name)
 
     monkeypatch.setattr(Engine, "up", missing)

@@ -545,7 +545,8 @@ def status(
     # the long parts under the table, one labelled line each, never broken inside
     for r in rows:
         lines = [f"ssh {m}: {v['ssh']}" for m, v in r["machines"].items() if v["ssh"]]
-        lines.append(f"mode: {r['mode']}" + (" (from lab images)" if r["lab_images"] else ""))
+        if r["mode"] != "all steps" or r["lab_images"]:  # student mode, or made from lab images
+            lines.append(f"mode: {r['mode']}" + (" (from lab images)" if r["lab_images"] else ""))
         lines.append(f"last good step: {r['last_good_step'] or '-'}")
         if r["last_error"]:
             first, *rest = _last_error(r["last_error"])

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -50,20 +49,15 @@ def docker_lines(*args) -> list[str]:
     return [line for line in out.splitlines() if line.strip()]
 
 
-def leftovers(lab: str, wait: float = 120) -> dict:
-    """What is left of a lab after destroy: its machines' disks are deleted in the background
-    (containers renamed vmdock-retired-…), so wait up to ``wait`` seconds for those."""
-    deadline = time.monotonic() + wait
-    while True:
-        containers = docker_lines("ps", "-a", "--filter", f"label=vmdock.lab={lab}", "--format", "{{.Names}}")
-        if not any(c.startswith("vmdock-retired-") for c in containers) or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+def leftovers(lab: str) -> dict:
+    """The lab's containers and its private network (other labs on this host may have theirs)."""
+    from vmdock.loader import resolve
+    from vmdock.render import lab_network
+
+    network = f"vagrant_network_{lab_network(resolve(lab, [E2E_LABS]).lab.chapter)}"
     return {
-        "containers": containers,
-        "networks": [
-            n for n in docker_lines("network", "ls", "--format", "{{.Name}}") if n.startswith("vagrant_network_")
-        ],
+        "containers": docker_lines("ps", "-a", "--filter", f"label=vmdock.lab={lab}", "--format", "{{.Names}}"),
+        "networks": [n for n in docker_lines("network", "ls", "--format", "{{.Name}}") if n == network],
     }
 
 

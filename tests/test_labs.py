@@ -11,18 +11,20 @@ import time
 
 import pytest
 
-from vmdock.loader import discover
 from vmdock import paths
+from vmdock.loader import discover
 
 from .test_e2e import clean_start, docker_lines, env, leftovers, vmdock  # noqa: F401  (env is a fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lab]
 
-OFFLINE = [l.name for l in discover([])[0] if l.lab.offline and l.folder.parent == paths.LABS_DIR.resolve()]
+OFFLINE = [
+    found.name for found in discover([])[0] if found.lab.offline and found.folder.parent == paths.LABS_DIR.resolve()
+]
 
 
 @pytest.mark.parametrize("shipped_lab", OFFLINE)
-def test_offline_lab(env, shipped_lab, tmp_path, record_property):
+def test_offline_lab(env, shipped_lab, tmp_path, record_property):  # noqa: F811  (env: the fixture imported above)
     lab = shipped_lab
     clean_start(env, lab)
     volumes_before = set(docker_lines("volume", "ls", "-q"))
@@ -52,7 +54,7 @@ def test_offline_lab(env, shipped_lab, tmp_path, record_property):
     destroyed = vmdock(env, "destroy", lab)
     assert "destroyed" in destroyed.stdout
     assert leftovers(lab) == {"containers": [], "networks": []}
-    for _ in range(60):  # the machine's volume goes with its container, in the background
+    for _ in range(120):  # the machine's volume (the inner Docker's data) is deleted in the background
         if set(docker_lines("volume", "ls", "-q")) <= volumes_before:
             break
         time.sleep(1)

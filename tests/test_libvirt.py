@@ -31,7 +31,7 @@ VIRSH = ["virsh", "-c", "qemu:///system"]
 def _virsh(*args) -> list[str]:
     out = subprocess.run([*VIRSH, *args], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, f"virsh {' '.join(args)}: {out.stderr.strip()}"
-    return [l.strip() for l in out.stdout.splitlines() if l.strip()]
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,9 @@ def env(tmp_path_factory, libvirt_host):
 
 
 def vmdock(env, *args, check=True, timeout=2400):
-    proc = subprocess.run([sys.executable, "-m", "vmdock", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vmdock", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(
             f"vmdock {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
@@ -82,7 +84,7 @@ def vmdock(env, *args, check=True, timeout=2400):
 def leftovers() -> dict:
     return {
         "domains": [d for d in _virsh("list", "--all", "--name") if d.startswith(f"vmdock-{LAB}-")],
-        "volumes": [l.split()[0] for l in _virsh("vol-list", "default")[2:] if l.startswith(f"vmdock-{LAB}-")],
+        "volumes": [v.split()[0] for v in _virsh("vol-list", "default")[2:] if v.startswith(f"vmdock-{LAB}-")],
         "networks": [n for n in _virsh("net-list", "--all", "--name") if n.startswith(LAB)],
     }
 

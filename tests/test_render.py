@@ -276,7 +276,9 @@ def test_ruby_refuses_non_finite_floats(value):
         ruby(value)
 
 
-@pytest.mark.parametrize("value", [Path("/x"), b"bytes", {1, 2}, object(), Decimal("1.5"), 1j, [Path("/x")], {"k": b""}])
+@pytest.mark.parametrize(
+    "value", [Path("/x"), b"bytes", {1, 2}, object(), Decimal("1.5"), 1j, [Path("/x")], {"k": b""}]
+)
 def test_ruby_refuses_unknown_types(value):
     with pytest.raises(TypeError):
         ruby(value)
@@ -303,7 +305,8 @@ def test_ruby_string_never_leaves_a_raw_quote_hash_or_line_break():
 @needs_ruby
 def test_ruby_literals_mean_the_same_in_real_ruby(tmp_path):
     rng = random.Random(99)
-    pool = [chr(c) for c in range(0, 0x250)] + list("\u2028\u2029\u200b\u202e\ufeff\ufffd中文《》") + ["\U0001f433", "\U000e0001"]
+    pool = [chr(c) for c in range(0, 0x250)] + list("\u2028\u2029\u200b\u202e\ufeff\ufffd中文《》")
+    pool += ["\U0001f433", "\U000e0001"]
     randoms = ["".join(rng.choice(pool) for _ in range(rng.randint(0, 20))) for _ in range(300)]
     values = [
         *HOSTILE,
@@ -317,7 +320,7 @@ def test_ruby_literals_mean_the_same_in_real_ruby(tmp_path):
     ]
     got = ruby_values(tmp_path, [ruby(v) for v in values])
     assert len(got) == len(values)
-    for want, seen in zip(values, got):
+    for want, seen in zip(values, got, strict=True):
         if isinstance(want, dict):
             want = {str(k): v for k, v in want.items()}
         assert seen == want and type(seen) is type(want), (want, seen)
@@ -487,7 +490,8 @@ def _render_hostile_names(tmp_path: Path, strings: list[str]) -> None:
         d = rec.provider(m.name, "docker")
         assert d["image"] == HOSTILE[0]
         assert d["name"] == f"vmdock-{evil_name}-{m.name}"
-        assert d["create_args"] == [*HOSTILE, "--label", f"vmdock.lab={evil_name}", "--label", f"vmdock.machine={m.name}"]
+        labels = ["--label", f"vmdock.lab={evil_name}", "--label", f"vmdock.machine={m.name}"]
+        assert d["create_args"] == [*HOSTILE, *labels]
     # the libvirt branch carries the driver and the prefix
     rec = run_vagrantfile(tmp_path / "lv", render.render(loaded(lab, tmp_path), libvirt_opts(HOSTILE[1])))
     p = rec.provider(names[0], "libvirt")
@@ -500,7 +504,8 @@ def test_hostile_box_url_from_the_environment(tmp_path, alpha, monkeypatch, prov
     url = "file:///boxes/" + "|".join(h for h in HOSTILE if "\x00" not in h)  # no NUL in an environment
     for i, s in enumerate((url, url + "/latin1-\udce9\udcff")):  # os.environ holds non-UTF-8 bytes so
         monkeypatch.setenv("VMDOCK_BOX_URL_DEBIAN12", s)
-        rec = run_vagrantfile(tmp_path / str(i), render.render(alpha, render.RenderOptions(provider, {"domain_type": "kvm"})))
+        text = render.render(alpha, render.RenderOptions(provider, {"domain_type": "kvm"}))
+        rec = run_vagrantfile(tmp_path / str(i), text)
         assert rec.node("web", "box_url") == s
         assert rec.node("db", "box_url") == s
 
@@ -533,7 +538,8 @@ def test_hostile_lab_folder_path(tmp_path):
     lab = _copy_alpha(folder, synced_folder=True)
     assert lab.folder == folder.resolve()
     text = render.render(lab, docker_opts())
-    assert text.count("\n") == render.render(_copy_alpha(tmp_path / "plain" / "ch91-alpha", synced_folder=True), docker_opts()).count("\n")
+    plain = _copy_alpha(tmp_path / "plain" / "ch91-alpha", synced_folder=True)
+    assert text.count("\n") == render.render(plain, docker_opts()).count("\n")
     rec = run_vagrantfile(tmp_path, text)
     for name in ("web", "db"):
         assert rec.node_calls(name, "synced_folder") == [([str(folder), "/vagrant"], {})]
@@ -636,7 +642,8 @@ def test_machine_ips_skip_the_gateway_and_refuse_too_many_machines(tmp_path):
 
 def test_default_hostname_is_cut_to_63_characters(tmp_path):
     long = "a" * 32
-    lab = loaded(Lab.model_validate({"name": long, "chapter": 9, "title": "t", "machines": [{"name": "b" * 32}]}), tmp_path)
+    spec = {"name": long, "chapter": 9, "title": "t", "machines": [{"name": "b" * 32}]}
+    lab = loaded(Lab.model_validate(spec), tmp_path)
     text = render.render(lab, docker_opts())
     assert f'node.vm.hostname = "{(long + "-" + "b" * 32)[:63]}"' in text
 

@@ -148,15 +148,13 @@ class Classroom:
             if not state.lab_images:
                 self.events.info("the lab was not made from lab images: reset takes the full path "
                                  f"(`vmdock image build {home.name}` makes one)")
-            # the old disks are deleted once the new machines run: not competing with their start
-            engine.remove_machines(home, state, reap_later=True)
+            removal = engine.remove_machines(home, state)
             limit = state.steps_upto
             state.machines.clear()
             state.steps.clear()
             state.move(Phase.RENDERED)
             state.save()
-            provider = engine.provider_of(state)
         try:
             return engine.up(name, upto=None if limit is None else str(limit), use_images=True)
         finally:
-            provider.reap(home.loaded, home.log)
+            removal.finish()  # the old disks go once the new machines run: not competing with their start

@@ -24,6 +24,7 @@ from .labhome import LabHome, UpResult, refuse_fewer_steps, ssh_argv, status_row
 from .lifecycle import Phase
 from .loader import resolve
 from .providers import NOT_CREATED, RUNNING, Provider
+from .providers.base import Removal
 from .runlog import Log
 from .settings import Settings
 from .state import LabState, lab_lock
@@ -410,7 +411,11 @@ class Engine:
         with lab_lock(home.home, home.name, "destroy"):
             state = home.state()
             home.log.event(f"=== vmdock destroy {home.name} ===")
-            removed = self.remove_machines(home, state) if home.vagrantfile.exists() and state.provider else []
+            removed = []
+            if home.vagrantfile.exists() and state.provider:
+                removal = self.remove_machines(home, state)
+                removal.finish()
+                removed += removal.said
             # what Vagrant left; with no provider on record, whatever any provider may have left
             leftovers = [self.provider_of(state)] if state.provider else [providers.get(p) for p in providers.NAMES]
             for provider in leftovers:
@@ -420,19 +425,19 @@ class Engine:
             state.save()
         return removed
 
-    def remove_machines(self, home: LabHome, state: LabState, *, reap_later: bool = False) -> list[str]:
+    def remove_machines(self, home: LabHome, state: LabState) -> Removal:
         """Remove the lab's machines (the provider's quick way, else `vagrant destroy`) and
-        Vagrant's folder of them; the caller holds the lab's lock.  Say what was removed."""
+        Vagrant's folder of them; the caller holds the lab's lock and calls ``finish``."""
         provider = self.provider_of(state)
         self.events.task("destroy")
         t0 = time.monotonic()
-        removed = provider.destroy(home.loaded, home.log, reap_later=reap_later)
-        if removed is None:
+        removal = provider.destroy(home.loaded, home.log)
+        if removal is None:
             self.driver(home, provider.name).destroy()
-            removed = [f"machines ({provider.name})"]
+            removal = Removal([f"machines ({provider.name})"])
         shutil.rmtree(home.home / ".vagrant", ignore_errors=True)
         self.events.task_done("destroy", time.monotonic() - t0)
-        return removed
+        return removal
 
     def ssh_argv(self, name: str, machine: str | None) -> list[str]:
         home = self.lab(name)

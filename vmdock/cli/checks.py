@@ -18,6 +18,7 @@ from ..errors import (
 )
 from ..events import Events
 from ..loader import resolve
+from ..providers import NAMES as PROVIDER_NAMES
 from .common import OPTS, LabArg, RichEvents, app, console, err_console, make_engine, print_error, shown, to_json
 
 
@@ -121,7 +122,7 @@ def test_lab(
     as_json: bool = typer.Option(False, "--json", help="print results as JSON"),
     junit: Path | None = typer.Option(None, "--junit", help="write JUnit XML to FILE", metavar="FILE"),
     provider: str | None = typer.Option(
-        None, "--provider", help="virtualbox, libvirt or docker (also VMDOCK_PROVIDER)"
+        None, "--provider", help=f"{', '.join(PROVIDER_NAMES)} (also VMDOCK_PROVIDER)"
     ),
     images_dir: Path | None = typer.Option(None, "--images-dir", help="folder of `docker save` tarballs (see `up`)"),
 ):

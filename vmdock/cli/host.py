@@ -107,7 +107,7 @@ def image_list(as_json: bool = typer.Option(False, "--json")):
         for i in Classroom(make_engine()).list_images()
     ]
     if as_json:
-        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.write(to_json(rows))
         return
     if not rows:
         console.print("no lab image on this host (`vmdock image build LAB` makes one)")
@@ -116,7 +116,7 @@ def image_list(as_json: bool = typer.Option(False, "--json")):
     for col in ("lab", "provider", "machine", "image", "size", "fingerprint", "items", "built"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["lab"], r["provider"], r["machine"], escape(r["image"]), f"{r['size'] / 1e6:.0f} MB",
+        table.add_row(r["lab"], r["provider"], r["machine"], shown(r["image"]), f"{r['size'] / 1e6:.0f} MB",
                       r["fingerprint"][:16], str(r["steps"]), r["built_at"])
     console.print(table)
 

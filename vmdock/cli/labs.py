@@ -258,15 +258,16 @@ def status(
     table.add_column("steps", no_wrap=True, justify="right")
     for r in rows:
         for i, (m, v) in enumerate(r["machines"].items()):
-            images_note = ", from lab images" if r["lab_images"] else ""
-            lab_cell = (f"{shown(r['lab'])}\n[dim]{shown(r['provider'] or '-')}, {shown(r['phase'])}, "
-                        f"{shown(r['mode'])}{images_note}[/]") if i == 0 else ""
+            about = f"{shown(r['provider'] or '-')}, {shown(r['phase'])}"
+            lab_cell = f"{shown(r['lab'])}\n[dim]{about}[/]" if i == 0 else ""
             table.add_row(lab_cell, shown(m), shown(v["state"]), str(r["steps_done"]) if i == 0 else "",
                           end_section=i == len(r["machines"]) - 1)
     console.print(table)
     # the long parts under the table, one labelled line each, never broken inside
     for r in rows:
         lines = [f"ssh {m}: {v['ssh']}" for m, v in r["machines"].items() if v["ssh"]]
+        if r["mode"] != "all steps" or r["lab_images"]:  # student mode, or made from lab images
+            lines.append(f"mode: {r['mode']}" + (" (from lab images)" if r["lab_images"] else ""))
         lines.append(f"last good step: {r['last_good_step'] or '-'}")
         if r["last_error"]:
             first, *rest = _last_error(r["last_error"])
@@ -319,7 +320,7 @@ def prune(
     rows = Classroom(make_engine()).prune(everything)
     if as_json:
         report = [{"image": r.image, "removed": r.removed, "why": r.why} for r in rows]
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        sys.stdout.write(to_json(report))
         return
     for r in rows:
         console.print(("removed " if r.removed else "kept ") + r.image + f": {r.why}", markup=False, highlight=False)

@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -40,6 +41,14 @@ class Probe:
     provider: str
     usable: bool
     reason: str
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What ``Provider.destroy`` removed (said), and what starts deleting the rest."""
+
+    said: list[str]
+    finish: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,15 @@ def quick_run(argv: list[str], log: Log | None, timeout: float = 30) -> subproce
     if log is not None:
         log.command("host", " ".join(argv), time.monotonic() - start, proc.returncode)
     return proc
+
+
+def refuse_file_mirrors(provider: str) -> None:
+    """A ConfigError when an apt mirror is a folder of this host: a VM cannot reach it."""
+    from .. import settings
+    from ..hostbuild import mirror
+
+    s = settings.current()
+    mirror.refuse_for_vms(provider, VMDOCK_APT_MIRROR=s.apt_mirror, VMDOCK_APT_SECURITY_MIRROR=s.apt_security_mirror)
 
 
 class Provider(ABC):
@@ -169,15 +187,11 @@ class Provider(ABC):
         costs seconds); None: ask Vagrant."""
         return None
 
-    def destroy(self, lab: LoadedLab, log: Log, *, reap_later: bool = False) -> list[str] | None:
-        """Remove the lab's machines without Vagrant, when the provider can do it quicker
-        (say what was removed); None: `vagrant destroy` does it.  What takes long (deleting
-        disks) may go on after this returns, as long as new machines can be made at once;
-        ``reap_later``: do not start it before ``reap`` (new machines are being made)."""
+    def destroy(self, lab: LoadedLab, log: Log) -> Removal | None:
+        """Remove the lab's machines without Vagrant, when the provider can do it quicker;
+        None: `vagrant destroy` does it.  What takes long (deleting disks) is left to
+        ``Removal.finish``, which starts it in the background."""
         return None
-
-    def reap(self, lab: LoadedLab, log: Log) -> None:  # noqa: B027  (most providers leave nothing)
-        """Start what ``destroy(reap_later=True)`` left to do."""
 
     def cleanup(self, lab: LoadedLab, log: Log) -> list[str]:
         """After `vagrant destroy`: remove what Vagrant leaves of THIS lab; say what."""

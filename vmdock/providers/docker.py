@@ -19,6 +19,7 @@ from .base import (
     Probe,
     Provider,
     Pruned,
+    Removal,
     quick_run,
     unix_socket_answers,
 )
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
 #: the labels vmdock's Vagrantfile puts on every machine container
 LAB_LABEL = "vmdock.lab"
 MACHINE_LABEL = "vmdock.machine"
-#: the name of a machine container `reset` threw away, while it is being removed
-RETIRED_PREFIX = "vmdock-retired-"
 
 
 def docker_daemon() -> tuple[bool, str]:
@@ -49,13 +48,11 @@ def docker_daemon() -> tuple[bool, str]:
 
 
 def container_states(ps_lines: str) -> dict[str, str]:
-    """``docker ps -a`` lines ``<machine label>\\t<State>\\t<name>`` → machine → Vagrant state
-    (containers that `reset` retired, being removed, left out)."""
+    """``docker ps -a`` lines ``<machine label>\\t<State>`` → machine → Vagrant state."""
     out: dict[str, str] = {}
     for line in ps_lines.splitlines():
-        machine, sep, rest = line.partition("\t")
-        state, _, name = rest.partition("\t")
-        if not sep or not machine or name.startswith(RETIRED_PREFIX):
+        machine, sep, state = line.partition("\t")
+        if not sep or not machine:
             continue
         # Vagrant's docker provider: running when `docker ps` lists it, else stopped
         out[machine] = RUNNING if state.strip() in ("running", "restarting") else "stopped"
@@ -75,11 +72,11 @@ def ssh_address(ports_json: str) -> tuple[str, int] | None:
 
 
 def _mirrors() -> tuple[str | None, ...]:
-    """The apt mirrors whose ``file:`` folders are mounted into the machines."""
-    from ..settings import current
+    """The apt mirrors a machine may need mounted (``file:`` ones are folders of this host)."""
+    from .. import settings
 
-    s = current()
-    return (s.apt_mirror, s.apt_security_mirror)
+    current = settings.current()
+    return current.apt_mirror, current.apt_security_mirror
 
 
 class DockerProvider(Provider):
@@ -113,12 +110,14 @@ class DockerProvider(Provider):
 
         from ..hostbuild import machine_image
 
-        if not build:  # `vmdock render`: the machine image's tag is known without building it
+        if not build:  # `vmdock render`: the tag is known without building, the args without probing
             args = machine_image.machine_create_args(log, mirrors=_mirrors(), probe=False)
             return {"machine_image": self.base_image(), "create_args": args, "lab_images": dict(lab_images or {})}
         events.task("machine image")
         start = time.monotonic()
-        image = machine_image.ensure_machine_image(log, mirror=self.mirror, on_line=lambda line: events.line("image", line))
+        image = machine_image.ensure_machine_image(
+            log, mirror=self.mirror, on_line=lambda line: events.line("image", line)
+        )
         args = machine_image.machine_create_args(log, mirrors=_mirrors())
         events.task_done("machine image", time.monotonic() - start)
         return {"machine_image": image, "create_args": args, "lab_images": dict(lab_images or {})}
@@ -138,7 +137,7 @@ class DockerProvider(Provider):
     def native_status(self, lab: str, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
         proc = quick_run(
             ["docker", "ps", "-a", "--filter", f"label={LAB_LABEL}={lab}",
-             "--format", '{{.Label "' + MACHINE_LABEL + '"}}\t{{.State}}\t{{.Names}}'],
+             "--format", '{{.Label "' + MACHINE_LABEL + '"}}\t{{.State}}'],
             log,
         )
         if proc is None or proc.returncode != 0:
@@ -168,30 +167,35 @@ class DockerProvider(Provider):
             out[machine] = SshConfig(address[0], address[1], "vagrant", (str(key),))
         return out if len(out) == len(machines) else None
 
-    def destroy(self, lab: LoadedLab, log: Log, *, reap_later: bool = False) -> list[str] | None:
-        """The lab's containers renamed and killed at once (names, ports and addresses free for
-        new machines), their disks deleted by a `docker rm -f -v` left running on its own (the
-        inner Docker's data takes seconds to delete): now, or at ``reap`` (``reap_later``).
-        `vagrant destroy` would take 10–25 s (Vagrant's start, a graceful stop); the machines
-        are throwaway.  Vagrant's global machine index keeps a stale entry
-        (`vagrant global-status --prune`)."""
-        ids = self._retire(lab, log)
-        if ids and not reap_later:
-            self.reap(lab, log)
-        return [f"machines (docker: {len(ids)} container(s), their disks deleted in the background)"] if ids else []
+    def destroy(self, lab: LoadedLab, log: Log) -> Removal | None:
+        """`docker rm -f` of the lab's containers (a second), where `vagrant destroy` takes
+        10–25 s (Vagrant's start, a graceful stop); the machines are throwaway.  Their
+        volumes (the inner Docker's data: seconds to delete) are left to ``finish``, which
+        starts a `docker volume rm` that runs on by itself.  Vagrant's global machine index
+        keeps a stale entry (`vagrant global-status --prune`)."""
+        from ..runlog import run
 
-    def reap(self, lab: LoadedLab, log: Log) -> None:
-        import subprocess
+        ids = [cid for cid, _ in self._lab_containers(lab, log)]
+        if not ids:
+            return Removal([])
+        fmt = '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}'
+        volumes = run(["docker", "inspect", "-f", fmt, *ids], log, check=False).stdout.split()
+        run(["docker", "rm", "-f", *ids], log)
 
-        ids = [cid for cid, name in self._lab_containers(lab, log) if name.startswith(RETIRED_PREFIX)]
-        if ids:
-            cmd = ["docker", "rm", "-f", "-v", *ids]
-            subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-            log.event(f"host$ {' '.join(cmd)}  (left running in the background)")
+        def finish() -> None:
+            import subprocess
+
+            if volumes:
+                cmd = ["docker", "volume", "rm", *volumes]
+                subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+                log.event(f"host$ {' '.join(cmd)}  (left running in the background)")
+
+        said = f"machines (docker: {len(ids)} container(s); their volumes are deleted in the background)"
+        return Removal([said], finish)
 
     def _lab_containers(self, lab: LoadedLab, log: Log) -> list[tuple[str, str]]:
-        """(id, name) of every container of the lab (retired ones too)."""
+        """(id, name) of every container of the lab."""
         from ..runlog import run
 
         if not docker_daemon()[0]:
@@ -201,16 +205,6 @@ class DockerProvider(Provider):
         return [(line.partition("\t")[0], line.partition("\t")[2]) for line in run(cmd, log).stdout.splitlines()
                 if line.strip()]
 
-    def _retire(self, lab: LoadedLab, log: Log) -> list[str]:
-        from ..runlog import run
-
-        ids = [cid for cid, name in self._lab_containers(lab, log) if not name.startswith(RETIRED_PREFIX)]
-        for cid in ids:
-            run(["docker", "rename", cid, f"{RETIRED_PREFIX}{cid[:12]}"], log, check=False)
-        if ids:
-            run(["docker", "kill", *ids], log, check=False)  # a stopped one answers "is not running"
-        return ids
-
     def cleanup(self, lab: LoadedLab, log: Log) -> list[str]:
         """Containers and networks of this lab that Vagrant left (never the shared machine image)."""
         from ..render import lab_network
@@ -219,7 +213,7 @@ class DockerProvider(Provider):
         if not docker_daemon()[0]:
             return []
         removed = []
-        left = [cid for cid, name in self._lab_containers(lab, log) if not name.startswith(RETIRED_PREFIX)]
+        left = [cid for cid, _ in self._lab_containers(lab, log)]
         if left:
             run(["docker", "rm", "-f", "-v", *left], log)
             removed.append(f"{len(left)} leftover container(s)")
@@ -234,7 +228,7 @@ class DockerProvider(Provider):
         return removed
 
     def base_image(self) -> str:
-        """The machine image `up` would use now (its tag is known before it is built)."""
+        """The machine image `up` would use now (its tag is computed, nothing is built)."""
         from ..hostbuild import machine_image, rootfs
 
         return machine_image.machine_image_tag(rootfs.apt_mirror(self.mirror))
@@ -250,11 +244,13 @@ class DockerProvider(Provider):
         return [i for i in found if i is not None and i.provider == self.name]
 
     def capture(self, lab: LoadedLab, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
+        from ..labimages import LABEL_PREFIX
         from ..provision import provisioner
         from ..render import container_name
         from .docker_capture import capture
 
-        return capture(container_name(lab.name, machine), tag, labels, provisioner("start-docker.sh"), log)
+        return capture(container_name(lab.name, machine), tag, labels, provisioner("start-docker.sh"), log,
+                       lab_image_label=f"{LABEL_PREFIX}fingerprint")
 
     def restore(self, lab: LoadedLab, machine: str, log: Log) -> None:
         from ..render import container_name
@@ -265,11 +261,11 @@ class DockerProvider(Provider):
     def prune(self, log: Log, *, everything: bool = False) -> list[Pruned]:
         """Machine images and lab images that no container on this host was made from."""
         from ..hostbuild import machine_image
+        from ..labimages import ROLE
         from ..runlog import run
 
         if not docker_daemon()[0]:
             return []
-        from ..labimages import ROLE
 
         rows = []
         for role in (machine_image.ROLE_LABEL, f"vmdock.role={ROLE}"):  # machine images, lab images

@@ -134,8 +134,12 @@ def _put(container: str, path: str, text: str, log: Log, mode: str = "0755") -> 
     run(["docker", "exec", "-i", container, "sh", "-c", script], log, input=text)
 
 
-def capture(container: str, tag: str, labels: dict[str, str], start_docker: str, log: Log) -> str:
-    """Commit ``container`` as ``tag`` (see the module's doc); return the image id."""
+def capture(container: str, tag: str, labels: dict[str, str], start_docker: str, log: Log,
+            lab_image_label: str) -> str:
+    """Commit ``container`` as ``tag`` (see the module's doc); return the image id.
+
+    A machine made from a lab image is flattened (`docker export | docker import`): a
+    commit would stack the new data tar on the old one, layer after layer."""
     from ..runlog import run
 
     _exec(container, _STOP_AND_PACK, log, "stopping dockerd and packing /var/lib/docker")
@@ -145,10 +149,21 @@ def capture(container: str, tag: str, labels: dict[str, str], start_docker: str,
         _put(container, HOOK, _HOOK, log)
         changes = [f"ENTRYPOINT {json.dumps([HOOK])}", f"CMD {json.dumps(MACHINE_CMD)}"]
         changes += [f"LABEL {k}={json.dumps(v)}" for k, v in sorted(labels.items())]
-        args = ["docker", "commit"]
-        for c in changes:
-            args += ["--change", c]
-        image_id: str = run([*args, container, tag], log, timeout=1800).stdout.strip()
+        fmt = ("{{json .Config.Env}}\t{{json .Config.ExposedPorts}}\t"
+               "{{index .Config.Labels \"" + lab_image_label + "\"}}")
+        fields = run(["docker", "inspect", "-f", fmt, container], log).stdout.rstrip("\n").split("\t")
+        env, ports, from_lab_image = (fields + ["", "", ""])[:3]
+        if from_lab_image and from_lab_image != "<no value>":
+            changes += [f"ENV {e.partition('=')[0]}={json.dumps(e.partition('=')[2])}" for e in json.loads(env) or []]
+            changes += [f"EXPOSE {p}" for p in json.loads(ports) or {}]
+            flags = " ".join(f"--change {shlex.quote(c)}" for c in changes)
+            pipe = f"docker export {shlex.quote(container)} | docker import {flags} - {shlex.quote(tag)}"
+            image_id: str = run(["bash", "-o", "pipefail", "-c", pipe], log, timeout=1800).stdout.strip()
+        else:
+            args = ["docker", "commit"]
+            for c in changes:
+                args += ["--change", c]
+            image_id = run([*args, container, tag], log, timeout=1800).stdout.strip()
     finally:
         _exec(container, _RESUME, log, "starting dockerd again")
     return image_id

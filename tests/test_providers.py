@@ -21,7 +21,7 @@ def test_one_registry_in_preference_order():
     with pytest.raises(ConfigError, match="unknown provider 'vmware'"):
         providers.get("vmware")
     with pytest.raises(ConfigError, match="not one of virtualbox, libvirt, docker"):
-        Settings(provider="vmware").validate()
+        Settings.from_env(provider="vmware")
 
 
 def test_unsupported_lab_images_say_so():

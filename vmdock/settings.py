@@ -131,8 +131,7 @@ class Settings(BaseSettings):
         None, description="URL probed to tell whether a registry is reachable "
         "(default: https://registry-1.docker.io/v2/)")
     libvirt_driver: str | None = Field(
-        None, description="the libvirt domain type (vagrant-libvirt's `driver`): kvm or qemu "
-        "(default: kvm when a test guest boots fast under KVM)")
+        None, description="vagrant-libvirt's driver: kvm or qemu (default: kvm when a test guest boots fast under KVM)")
     connect_timeout: int = Field(15, gt=0, description="seconds to wait for a machine's SSH connection")
     box_urls: dict[str, str] = Field(
         default_factory=dict, description="a mirror URL or local `.box` file for box `<BOX>` of `boxes/boxes.yaml` "

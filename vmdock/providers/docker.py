@@ -115,7 +115,9 @@ class DockerProvider(Provider):
             return {"machine_image": self.base_image(), "create_args": args, "lab_images": dict(lab_images or {})}
         events.task("machine image")
         start = time.monotonic()
-        image = machine_image.ensure_machine_image(log, mirror=self.mirror, on_line=lambda line: events.line("image", line))
+        image = machine_image.ensure_machine_image(
+            log, mirror=self.mirror, on_line=lambda line: events.line("image", line)
+        )
         args = machine_image.machine_create_args(log, mirrors=_mirrors())
         events.task_done("machine image", time.monotonic() - start)
         return {"machine_image": image, "create_args": args, "lab_images": dict(lab_images or {})}

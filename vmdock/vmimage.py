@@ -148,7 +148,8 @@ def domain_disk(domain: str, log: Log) -> Path:
 
 
 def _qemu_img_info(path: Path, log: Log) -> dict:
-    info: dict = json.loads(run(["qemu-img", "info", "--output=json", "--force-share", str(path)], log, timeout=60).stdout)
+    out = run(["qemu-img", "info", "--output=json", "--force-share", str(path)], log, timeout=60).stdout
+    info: dict = json.loads(out)
     return info
 
 

@@ -133,13 +133,13 @@ def registered_image(name: str) -> BoxImage | None:
 # capture
 
 
-def _virsh(args: list[str], log: Log, **kw):
+def virsh(args: list[str], log: Log, **kw):
     return run([*VIRSH, *args], log, timeout=kw.pop("timeout", 120), **kw)
 
 
 def domain_disk(domain: str, log: Log) -> Path:
     """The file of a domain's first disk (vda)."""
-    out = _virsh(["domblklist", domain, "--details"], log).stdout
+    out = virsh(["domblklist", domain, "--details"], log).stdout
     for line in out.splitlines():
         parts = line.split()
         if len(parts) >= 4 and parts[1] == "disk" and parts[3] != "-":
@@ -162,12 +162,14 @@ def package_machine(
     *,
     domain: str,
     method: str = METHOD_PACKAGE,
+    tcg: bool = False,
     on_line: LineSink | None = None,
 ) -> Path:
     """Halt ``machine`` of the Vagrant project in ``lab_home`` and write its disk as a ``.box``.
 
     ``info`` (fingerprint, steps, …) goes into the box as ``info.json``.  The
-    machine is left halted.  Returns ``output``.
+    machine is left halted.  ``tcg``: KVM does not work here, so libguestfs'
+    appliance (vagrant-package method) must be emulated too.  Returns ``output``.
     """
     if method not in METHODS:
         raise ConfigError(f"lab image method {method!r}: one of {', '.join(METHODS)}")
@@ -178,13 +180,15 @@ def package_machine(
         info_file = Path(tmp) / INFO_FILE
         info_file.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if method == METHOD_PACKAGE:
-            _vagrant_package(lab_home, machine, output, info_file, log, on_line)
+            _vagrant_package(lab_home, machine, output, info_file, log, tcg=tcg, on_line=on_line)
         else:
             _qemu_img_package(lab_home, machine, output, info_file, log, domain=domain, on_line=on_line)
     return output
 
 
-def _vagrant_package(lab_home: Path, machine: str, output: Path, info_file: Path, log: Log, on_line) -> None:
+def _vagrant_package(
+    lab_home: Path, machine: str, output: Path, info_file: Path, log: Log, *, tcg: bool, on_line
+) -> None:
     """vagrant-libvirt's package action (package_domain.rb): halt, download the
     volume from the pool, ``qemu-img rebase -b ""`` (flatten), virt-sysprep,
     virt-sparsify --in-place, then Vagrant's ``bsdtar -czf``.  It runs the two
@@ -200,6 +204,8 @@ def _vagrant_package(lab_home: Path, machine: str, output: Path, info_file: Path
     env["VAGRANT_LIBVIRT_VIRT_SYSPREP_OPERATIONS"] = SYSPREP_OPERATIONS
     env["VAGRANT_LIBVIRT_BOX_FORMAT_VERSION"] = "v1"  # one disk: the lab machine's
     env.setdefault("LIBGUESTFS_BACKEND", "direct")  # libguestfs' own qemu, not a libvirt domain
+    if tcg:  # libguestfs tries KVM first when /dev/kvm opens, and a sick KVM hangs its appliance
+        env["LIBGUESTFS_BACKEND_SETTINGS"] = "force_tcg"
     proc = run(
         ["vagrant", "package", machine, "--output", str(output), "--info", str(info_file)],
         log, cwd=lab_home, env=env, timeout=_PACKAGE_TIMEOUT, on_line=on_line,
@@ -268,15 +274,15 @@ def register_box(box_file: Path, name: str, version: str, log: Log, *, on_line: 
 def upload_to_pool(image: BoxImage, log: Log) -> str:
     """The image's ``box.img`` as the pool volume vagrant-libvirt would make at the first ``up``."""
     vol = pool_volume_name(image.name, image.version)
-    if _virsh(["vol-info", "--pool", POOL, vol], log, check=False).returncode == 0:
+    if virsh(["vol-info", "--pool", POOL, vol], log, check=False).returncode == 0:
         return vol
     src = image.directory / "box.img"
     size = _qemu_img_info(src, log)["virtual-size"]
-    _virsh(["vol-create-as", POOL, vol, f"{size}B", "--allocation", "0", "--format", "qcow2"], log)
+    virsh(["vol-create-as", POOL, vol, f"{size}B", "--allocation", "0", "--format", "qcow2"], log)
     try:
-        _virsh(["vol-upload", "--pool", POOL, vol, str(src)], log, timeout=_PACKAGE_TIMEOUT)
+        virsh(["vol-upload", "--pool", POOL, vol, str(src)], log, timeout=_PACKAGE_TIMEOUT)
     except BaseException:
-        _virsh(["vol-delete", "--pool", POOL, vol], log, check=False)
+        virsh(["vol-delete", "--pool", POOL, vol], log, check=False)
         raise
     return vol
 
@@ -296,15 +302,15 @@ def reset_domain(domain: str, log: Log) -> Path:
             f"the disk of {domain} has no backing image: it was not started from a lab image",
             log=log.path, hint="`vmdock image build` the lab, then `vmdock up` starts from it",
         )
-    state = _virsh(["domstate", domain], log).stdout.strip()
+    state = virsh(["domstate", domain], log).stdout.strip()
     if state not in ("shut off", "crashed"):
-        _virsh(["destroy", domain], log)  # power off: the disk is thrown away anyway
+        virsh(["destroy", domain], log)  # power off: the disk is thrown away anyway
     st = disk.stat()
     fmt = info.get("backing-filename-format", "qcow2")
     run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", backing, str(disk), str(info["virtual-size"])],
         log, timeout=120)
     os.chown(disk, st.st_uid, st.st_gid)
     os.chmod(disk, st.st_mode & 0o7777)
-    _virsh(["pool-refresh", POOL], log, check=False)
-    _virsh(["start", domain], log)
+    virsh(["pool-refresh", POOL], log, check=False)
+    virsh(["start", domain], log)
     return disk

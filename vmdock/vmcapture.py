@@ -1,0 +1,151 @@
+"""Capture a running libvirt lab machine as its lab image, and check a machine made from one.
+
+A VM's lab image keeps its disk, not its processes: before the capture the
+containers that run are recorded and a boot unit (``vmdock-lab-start``) is
+installed that starts them again on the first boot of a machine made from the
+image; ``restore_check`` reads its outcome.  The disk itself becomes a
+versioned Vagrant box (``vmdock.vmimage``); the machine is halted for that and
+started again afterwards.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from . import paths, vmimage
+from .driver import SshConfig, parse_ssh_config, vagrant_env
+from .errors import CommandError, ProviderError, tail
+from .runlog import Log, run
+from .transport import Transport
+
+STATE_DIR = "/var/lib/vmdock"
+RUNNING = f"{STATE_DIR}/running-containers"
+STATUS = f"{STATE_DIR}/lab-start.status"
+START_UNIT = "vmdock-lab-start.service"
+
+#: Run as root in the machine before its disk is captured.
+GUEST_PREPARE = f"""\
+mkdir -p {STATE_DIR}
+docker ps -q --no-trunc > {RUNNING}
+rm -f {STATUS}
+cat > /usr/local/sbin/vmdock-lab-start <<'HOOK'
+#!/bin/bash
+# vmdock-lab-start: on the first boot of a machine made from a vmdock lab image,
+# start the containers that ran when the image was made (the disk keeps them,
+# not their processes); then write the outcome for vmdock to read.
+status=ok
+if [ -s {RUNNING} ]; then
+    xargs -r docker start < {RUNNING} >/dev/null || status="starting the lab's containers failed"
+fi
+mv -f {RUNNING} {RUNNING}.started
+echo "$status" > {STATUS}
+HOOK
+chmod 0755 /usr/local/sbin/vmdock-lab-start
+cat > /etc/systemd/system/{START_UNIT} <<'UNIT'
+[Unit]
+Description=vmdock: start the lab's containers kept in its lab image
+After=docker.service
+Wants=docker.service
+ConditionPathExists={RUNNING}
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/vmdock-lab-start
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+systemctl enable --quiet {START_UNIT}
+sync
+"""
+
+#: Waits (in the machine) for the start unit's outcome: its first line is ok or what failed.
+GUEST_STATUS = f"""\
+for _ in $(seq 1 300); do [ -s {STATUS} ] && break; sleep 1; done
+cat {STATUS} 2>/dev/null || echo "the start unit did not run ({START_UNIT})"
+systemctl --no-pager status {START_UNIT} 2>&1 | tail -n 5 || true
+"""
+
+
+def restore_problem(status_output: str) -> str | None:
+    """What went wrong on a first boot from a lab image (GUEST_STATUS's output), or None."""
+    first = status_output.strip().split("\n", 1)[0].strip()
+    return None if first == "ok" else first or "no status"
+
+
+
+def machine_ssh(lab_home: Path, machine: str, log: Log) -> SshConfig:
+    """The machine's SSH settings, from `vagrant ssh-config` (the machine must run)."""
+    env = vagrant_env(vmimage.PROVIDER)
+    out = run(["vagrant", "ssh-config", machine], log, cwd=lab_home, env=env, timeout=300).stdout
+    configs = parse_ssh_config(out)
+    if machine not in configs:
+        raise CommandError(f"vagrant ssh-config has no entry for {machine}", stderr_tail=tail(out), log=log.path)
+    return configs[machine]
+
+
+def capture_machine(
+    lab_home: Path,
+    lab: str,
+    machine: str,
+    info: dict,
+    log: Log,
+    *,
+    fingerprint: str,
+    method: str = vmimage.METHOD_PACKAGE,
+    tcg: bool = False,
+    on_line: vmimage.LineSink | None = None,
+) -> vmimage.BoxImage:
+    """Capture a running lab machine as its lab image and register it; the machine
+    runs again afterwards (it was halted for the capture: one more boot)."""
+    domain = domain_name(lab, machine)
+    ssh = machine_ssh(lab_home, machine, log)
+    guest = Transport(machine, ssh, log, lab=lab)
+    try:
+        guest.run_script(GUEST_PREPARE, name="lab-image-prepare", timeout=300)
+    finally:
+        guest.close()
+    name = vmimage.box_name(lab, machine)
+    box = paths.cache_dir() / "lab-images" / f"{name.replace('/', '-')}.box"
+    try:
+        vmimage.package_machine(
+            lab_home, machine, box, info, log, domain=domain, method=method, tcg=tcg, on_line=on_line
+        )
+        image = vmimage.register_box(box, name, vmimage.box_version(fingerprint), log, on_line=on_line)
+    finally:
+        box.unlink(missing_ok=True)  # Vagrant has its own copy now
+        start_domain(domain, ssh, lab, machine, log)
+    return image
+
+
+def start_domain(domain: str, ssh: SshConfig, lab: str, machine: str, log: Log, wait: float = 900) -> None:
+    """Start a halted domain and wait until its sshd answers (same MAC, same address)."""
+    if vmimage.virsh(["domstate", domain], log).stdout.strip() != "running":
+        vmimage.virsh(["start", domain], log)
+    guest = Transport(machine, ssh, log, lab=lab)
+    try:
+        guest.connect(wait=wait)
+    finally:
+        guest.close()
+
+
+def domain_name(lab: str, machine: str) -> str:
+    """vagrant-libvirt's domain of a machine: vmdock's default_prefix + the machine, cleaned as it does."""
+    return re.sub(r"[^-a-z0-9_.]", "", f"vmdock-{lab}-{machine}", flags=re.IGNORECASE)
+
+
+def restore_check(lab_home: Path, lab: str, machine: str, log: Log) -> None:
+    """Raise when the first boot of a machine made from a lab image did not finish well."""
+    guest = Transport(machine, machine_ssh(lab_home, machine, log), log, lab=lab)
+    try:
+        guest.connect(wait=300)
+        out = guest.run_script(GUEST_STATUS, name="lab-image-status", timeout=400, check=False)
+    finally:
+        guest.close()
+    problem = restore_problem(out.stdout)
+    if problem:
+        raise ProviderError(
+            f"{domain_name(lab, machine)}: starting from the lab image failed: {problem}",
+            lab=lab, machine=machine, stderr_tail=tail(out.stdout + out.stderr), log=log.path,
+            hint="`vmdock up --no-image` takes the full path",
+        )

@@ -26,7 +26,8 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import __version__, providers
+from . import __version__
+from .providers import NAMES as PROVIDER_NAMES
 from .errors import ConfigError, VmdockError
 from .events import Events
 from .loader import LAB_FILE, discover, resolve, search_path
@@ -108,13 +109,13 @@ class RichEvents(Events):
     def info(self, message):
         self.progress.console.print(f"[cyan]•[/] {escape(message)}")
 
-    def phase(self, name):
+    def task(self, name):
         with self._lock:
-            self.tasks[("phase", name)] = self.progress.add_task(f"[bold]{escape(name)}[/]", total=None)
+            self.tasks[("task", name)] = self.progress.add_task(f"[bold]{escape(name)}[/]", total=None)
 
-    def phase_done(self, name, seconds):
+    def task_done(self, name, seconds):
         with self._lock:
-            task = self.tasks.pop(("phase", name), None)
+            task = self.tasks.pop(("task", name), None)
         if task is not None:
             self.progress.remove_task(task)
         self.progress.console.print(f"[green]✓[/] {escape(name)} [dim]{seconds:.1f}s[/]")
@@ -162,12 +163,12 @@ def _engine(events: Events | None = None, provider: Optional[str] = None, **sett
 @app.command("list")
 def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """Every lab: name, chapter, title, machines, offline-capable, state."""
-    from .engine import Lab
+    from .labhome import LabHome
 
     labs, problems = discover(OPTS.labs_dirs)
     rows = []
     for l in labs:
-        state = Lab(l).state()
+        state = LabHome(l).state()
         rows.append(
             {
                 "name": l.name,
@@ -176,7 +177,7 @@ def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readab
                 "title_en": l.lab.title_en,
                 "machines": [m.name for m in l.lab.machines],
                 "offline": l.lab.offline,
-                "state": state.phase if state.phase != "destroyed" else "new",
+                "state": state.phase.value if state.phase != "destroyed" else "new",
                 "folder": str(l.folder),
             }
         )
@@ -267,7 +268,7 @@ def schema():
 @app.command()
 def render(
     lab: str = LabArg,
-    provider: Optional[str] = typer.Option(None, "--provider", help="virtualbox, libvirt or docker (also VMDOCK_PROVIDER)"),
+    provider: Optional[str] = typer.Option(None, "--provider", help=f"{', '.join(PROVIDER_NAMES)} (also VMDOCK_PROVIDER)"),
 ):
     """Write the lab's Vagrantfile only, and print its path."""
     events = RichEvents(OPTS.verbose)
@@ -279,15 +280,24 @@ def render(
 @app.command()
 def up(
     lab: str = LabArg,
-    provider: Optional[str] = typer.Option(None, "--provider", help="virtualbox, libvirt or docker (also VMDOCK_PROVIDER)"),
+    provider: Optional[str] = typer.Option(None, "--provider", help=f"{', '.join(PROVIDER_NAMES)} (also VMDOCK_PROVIDER)"),
     images_dir: Optional[Path] = typer.Option(
         None, "--images-dir", help="folder of `docker save` tarballs for labs that need images (also VMDOCK_IMAGES_DIR)"
     ),
+    no_steps: bool = typer.Option(False, "--no-steps", help="student mode: machines, Docker, base image, lab files; none of the steps"),
+    upto: Optional[str] = typer.Option(None, "--upto", metavar="STEP", help="stop after this step (its number or name)"),
+    no_image: bool = typer.Option(False, "--no-image", help="do not start from a lab image: the full path"),
 ):
     """Render, bring the machines up, install Docker and run the case's steps (resumes where it stopped)."""
     events = RichEvents(OPTS.verbose)
     with events:
-        result = _engine(events, provider, images_dir=str(images_dir) if images_dir else None).up(lab)
+        result = _engine(events, provider, images_dir=str(images_dir) if images_dir else None).up(
+            lab, upto=upto, no_steps=no_steps, use_images=not no_image
+        )
+    _print_up(result)
+
+
+def _print_up(result) -> None:
     if result.ran == 0:
         console.print(f"[green]{result.lab} is up[/]: nothing to do, {result.skipped} steps already done ({result.seconds:.1f}s)")
     else:
@@ -296,6 +306,17 @@ def up(
             + (f", {result.skipped} already done" if result.skipped else "")
             + f" in {result.seconds:.1f}s. Next: vmdock verify {result.lab}"
         )
+
+
+@app.command()
+def reset(lab: str = LabArg):
+    """Make the lab's machines anew, as `up` left them (from the lab image; in student mode without steps)."""
+    from .classroom import Classroom
+
+    events = RichEvents(OPTS.verbose)
+    with events:
+        result = Classroom(_engine(events)).reset(lab)
+    _print_up(result)
 
 
 @app.command()
@@ -340,9 +361,10 @@ def verify(
 def status(
     lab: Optional[str] = typer.Argument(None, help="one lab (default: every lab with state)"),
     as_json: bool = typer.Option(False, "--json"),
+    refresh: bool = typer.Option(False, "--refresh", help="ask Vagrant (slow), not the provider"),
 ):
     """Machines, provider, state and last good step."""
-    rows = _engine().status(lab)
+    rows = _engine().status(lab, refresh=refresh)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
         return
@@ -355,7 +377,8 @@ def status(
     for r in rows:
         machines = "\n".join(f"{m}: {v['state']}" + (f" ({v['ssh']})" if v["ssh"] else "") for m, v in r["machines"].items())
         err = r["last_error"]["message"] if r["last_error"] else ""
-        table.add_row(r["lab"], r["provider"] or "-", r["phase"], escape(machines), str(r["steps_done"]), r["last_good_step"] or "-", escape(err))
+        phase = r["phase"] + f"\n[dim]{escape(r['mode'])}[/]" + ("\n[dim]from lab images[/]" if r["lab_images"] else "")
+        table.add_row(r["lab"], r["provider"] or "-", phase, escape(machines), str(r["steps_done"]), r["last_good_step"] or "-", escape(err))
     console.print(table)
 
 
@@ -377,15 +400,28 @@ def halt(lab: str = LabArg):
 
 
 @app.command()
-def destroy(
-    lab: str = LabArg,
-    keep_image: bool = typer.Option(False, "--keep-image", help="keep the docker-provider machine image for the next lab"),
-):
-    """Destroy the machines and everything vmdock made for them."""
+def destroy(lab: str = LabArg):
+    """Destroy the machines and everything vmdock made for them (shared images stay: `vmdock prune`)."""
     events = RichEvents(OPTS.verbose)
     with events:
-        removed = _engine(events).destroy(lab, keep_image=keep_image)
+        removed = _engine(events).destroy(lab)
     console.print(f"{lab}: destroyed" + (f" ({', '.join(removed)})" if removed else " (nothing was up)"))
+
+
+@app.command()
+def prune(
+    everything: bool = typer.Option(False, "--all", help="the current machine image too"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Remove the shared images (machine images, lab images) no lab on this host uses; say what is kept and why."""
+    rows = _engine().prune(everything)
+    if as_json:
+        sys.stdout.write(json.dumps([{"image": r.image, "removed": r.removed, "why": r.why} for r in rows], indent=2) + "\n")
+        return
+    for r in rows:
+        console.print(("removed " if r.removed else "kept ") + r.image + f": {r.why}", markup=False, highlight=False)
+    if not rows:
+        console.print("no vmdock image on this host")
 
 
 @app.command()
@@ -408,6 +444,51 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
         raise typer.Exit(1)
 
 
+# -- lab images -------------------------------------------------------------------
+
+image_app = typer.Typer(no_args_is_help=True, help="Lab images: a lab's machines after its steps, to start `up` and `reset` from.")
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+def image_build(
+    lab: str = LabArg,
+    no_steps: bool = typer.Option(False, "--no-steps", help="the student-mode lab (no steps; its checks are not run)"),
+):
+    """Bring the lab up if needed, verify it, and capture each machine as a lab image."""
+    from .classroom import Classroom
+
+    events = RichEvents(OPTS.verbose)
+    start = time.monotonic()
+    with events:
+        made = Classroom(_engine(events)).build_image(lab, no_steps=no_steps)
+    console.print(f"[green]{len(made)} lab image(s)[/] in {time.monotonic() - start:.0f}s: " + ", ".join(i.tag for i in made),
+                  highlight=False)
+
+
+@image_app.command("list")
+def image_list(as_json: bool = typer.Option(False, "--json")):
+    """Every lab image on this host: lab, provider, machine, size, fingerprint, built when."""
+    from .classroom import Classroom
+
+    rows = [{"lab": i.lab, "provider": i.provider, "machine": i.machine, "image": i.tag, "size": i.size,
+             "fingerprint": i.fingerprint, "steps": len(i.steps), "built_at": i.built_at, "vmdock": i.version}
+            for i in Classroom(_engine()).list_images()]
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        return
+    if not rows:
+        console.print("no lab image on this host (`vmdock image build LAB` makes one)")
+        return
+    table = Table(title="vmdock lab images")
+    for col in ("lab", "provider", "machine", "image", "size", "fingerprint", "items", "built"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["lab"], r["provider"], r["machine"], escape(r["image"]), f"{r['size'] / 1e6:.0f} MB",
+                      r["fingerprint"][:16], str(r["steps"]), r["built_at"])
+    console.print(table)
+
+
 # -- boxes ------------------------------------------------------------------------
 
 box_app = typer.Typer(no_args_is_help=True, help="Base boxes: build vmdock's own (offline, from the Debian mirror), list them.")
@@ -428,12 +509,12 @@ def box_build(
     log = Log(paths.cache_dir() / "boxes" / "build.log")
     start = time.monotonic()
     with events:
-        events.phase(f"box build ({provider})")
+        events.task(f"box build ({provider})")
         made = boxes.build(
             log, provider=provider, box=box, mirror=Settings.from_env().apt_mirror, force=force,
             on_line=lambda line: events.line("box", line), on_info=events.info,
         )
-        events.phase_done(f"box build ({provider})", time.monotonic() - start)
+        events.task_done(f"box build ({provider})", time.monotonic() - start)
     console.print(f"[green]{escape(made)}[/] ready ({time.monotonic() - start:.0f}s); log: {escape(str(log.path))}")
 
 
@@ -457,6 +538,91 @@ def box_list(as_json: bool = typer.Option(False, "--json")):
         reg = "yes" if r["registered"] else ("no" if r["vmdock_box"] else "-")
         table.add_row(f"{r['box']}\n[dim]{escape(r['title'])}[/]", r["provider"], escape(uses), escape(built), reg)
     console.print(table)
+
+
+# -- bundles ----------------------------------------------------------------------
+
+bundle_app = typer.Typer(
+    no_args_is_help=True,
+    help="One file with everything some labs need offline: export where the network is, import in the classroom.",
+)
+app.add_typer(bundle_app, name="bundle")
+
+
+@bundle_app.command("export")
+def bundle_export(
+    file: Path = typer.Argument(..., help="the bundle to write (e.g. class.vmdock)"),
+    labs: list[str] = typer.Argument(
+        ..., help="labs to carry (names, chapters or numbers)", autocompletion=_complete_lab
+    ),
+    images_dir: Path | None = typer.Option(
+        None, "--images-dir", help="folder of `docker save` tarballs for online labs (also VMDOCK_IMAGES_DIR)"
+    ),
+    level: int = typer.Option(3, "--level", min=1, max=19, help="zstd level (3: fast to unpack, measured)"),
+):
+    """Write the machine image, lab images, rootfs, boxes and needed image tarballs of LABS into FILE."""
+    from . import bundle
+
+    loaded = [resolve(name, OPTS.labs_dirs) for name in dict.fromkeys(labs)]
+    settings = Settings.from_env(images_dir=str(images_dir) if images_dir else None)
+    start = time.monotonic()
+    with RichEvents(OPTS.verbose) as events:
+        manifest = bundle.export(file, loaded, settings, events, bundle.log_file(), level=level)
+    size = sum(m.size for m in manifest.members)
+    console.print(f"[green]{escape(str(file))}[/]: {len(manifest.members)} members, {size / 1e6:.0f} MB, "
+                  f"labs {escape(', '.join(e.name for e in manifest.labs))} ({time.monotonic() - start:.0f}s)")
+
+
+@bundle_app.command("import")
+def bundle_import(file: Path = typer.Argument(..., help="a bundle made by `vmdock bundle export`")):
+    """Check every member of FILE, then load its images and put its files into the cache (all or nothing)."""
+    from . import bundle
+
+    start = time.monotonic()
+    with RichEvents(OPTS.verbose) as events:
+        outcomes = bundle.import_bundle(file, events, bundle.log_file())
+        notes = bundle.lab_notes(bundle.read_manifest(file), OPTS.labs_dirs)
+    for o in outcomes:
+        what = ", ".join(r.ref for r in o.member.images) if o.member.kind == "docker-images" else o.member.target
+        note = f" [dim]({escape(o.note)})[/]" if o.note else ""
+        console.print(f"{o.status}: {o.member.kind} {escape(what)}{note}", soft_wrap=True)
+    for line in notes:
+        console.print(f"[yellow]note[/]: {escape(line)}", soft_wrap=True)
+    console.print(f"[green]{escape(str(file))} imported[/] ({time.monotonic() - start:.0f}s)")
+
+
+@bundle_app.command("inspect")
+def bundle_inspect(
+    file: Path = typer.Argument(..., help="a bundle"),
+    as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
+):
+    """Show a bundle's manifest (members, labs, notes) without importing anything."""
+    from . import bundle
+
+    manifest = bundle.read_manifest(file)
+    if as_json:
+        sys.stdout.write(manifest.model_dump_json(indent=2) + "\n")
+        return
+    made = f"made by vmdock {manifest.vmdock_version} at {manifest.created}"
+    console.print(f"vmdock bundle v{manifest.format_version}, {made}", markup=False, highlight=False)
+    table = Table(title=str(file))
+    for col in ("member", "kind", "size", "content", "sha256"):
+        table.add_column(col, overflow="fold")
+    for m in manifest.members:
+        content = "\n".join(r.ref for r in m.images) or m.target
+        table.add_row(escape(m.path), m.kind, f"{m.size / 1e6:.1f} MB", escape(content), m.sha256[:16])
+    console.print(table)
+    for e in manifest.labs:
+        lab_images = escape(", ".join(e.lab_images) or "none")
+        console.print(f"lab {escape(e.name)} [dim]{e.fingerprint[:16]}[/]: lab images {lab_images}"
+                      + (f"; needs {escape(', '.join(e.needs_images))}" if e.needs_images else ""))
+        for note in e.notes:
+            console.print(f"  [yellow]note[/]: {escape(note)}")
+    for note in manifest.notes:
+        console.print(f"[yellow]note[/]: {escape(note)}")
+
+
+bundle_app.command("list", help="Same as `inspect`.")(bundle_inspect)
 
 
 # -- entry point ------------------------------------------------------------------

@@ -9,14 +9,23 @@ started again afterwards.
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import paths, vmimage
+from . import boxes, paths, vmimage
 from .driver import SshConfig, parse_ssh_config, vagrant_env
-from .errors import CommandError, ProviderError, tail
+from .errors import CommandError, ConfigError, ProviderError, tail
 from .runlog import Log, run
 from .transport import Transport
+
+if TYPE_CHECKING:
+    from .labimages import LabImage
+    from .loader import LoadedLab
+
+#: how the disk of a lab image is made (vmimage.METHODS)
+METHOD_ENV = "VMDOCK_LIBVIRT_IMAGE_METHOD"
 
 STATE_DIR = "/var/lib/vmdock"
 RUNNING = f"{STATE_DIR}/running-containers"
@@ -149,3 +158,55 @@ def restore_check(lab_home: Path, lab: str, machine: str, log: Log) -> None:
             lab=lab, machine=machine, stderr_tail=tail(out.stdout + out.stderr), log=log.path,
             hint="`vmdock up --no-image` takes the full path",
         )
+
+
+# --------------------------------------------------------------------------
+# the provider contract's hooks (vmdock.providers.base.Provider), for libvirt
+
+
+def capture(lab: LoadedLab, machine: str, tag: str, labels: dict[str, str], log: Log, *, tcg: bool) -> str:
+    """``Provider.capture``: the lab image ``tag`` of a running machine; returns ``<box> <version>``."""
+    from .labimages import LABEL_PREFIX
+
+    info = {"tag": tag, "labels": labels}
+    image = capture_machine(
+        paths.lab_home(lab.name), lab.name, machine, info, log,
+        fingerprint=labels[LABEL_PREFIX + "fingerprint"], method=method(), tcg=tcg,
+    )
+    return f"{image.name} {image.version}"
+
+
+def method() -> str:
+    """How disks are captured: ``VMDOCK_LIBVIRT_IMAGE_METHOD`` (vagrant-package or qemu-img)."""
+    chosen = os.environ.get(METHOD_ENV) or vmimage.METHOD_PACKAGE
+    if chosen not in vmimage.METHODS:
+        raise ConfigError(f"{METHOD_ENV}: {chosen!r} must be one of {', '.join(vmimage.METHODS)}")
+    return chosen
+
+
+def registered_images() -> list[vmimage.BoxImage]:
+    """Every lab image box Vagrant has (``info.json`` names its tag and labels)."""
+    folders = sorted((boxes.vagrant_home() / "boxes").glob("vmdock-VAGRANTSLASH-*"))
+    found = (vmimage.registered_image(f.name.replace("-VAGRANTSLASH-", "/")) for f in folders)
+    return [i for i in found if i is not None and i.info.get("tag") and isinstance(i.info.get("labels"), dict)]
+
+
+def lab_images(provider: str) -> list[LabImage]:
+    """``Provider.lab_images``: the lab images of ``provider`` registered with Vagrant."""
+    from .labimages import LabImage
+
+    out = []
+    for box in registered_images():
+        disk = box.directory / "box.img"
+        size = disk.stat().st_size if disk.exists() else 0
+        image = LabImage.from_labels(str(box.info["tag"]), box.info["labels"], size)
+        if image is not None and image.provider == provider:
+            out.append(image)
+    return out
+
+
+def lab_boxes(lab_images: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Machine → the box and exact version its lab image tag is registered as (for the Vagrantfile)."""
+    by_tag = {str(b.info["tag"]): b for b in registered_images()}
+    found = {m: by_tag[tag] for m, tag in lab_images.items() if tag in by_tag}
+    return {m: {"box": box.name, "version": box.version} for m, box in found.items()}

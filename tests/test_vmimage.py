@@ -69,21 +69,21 @@ def test_pool_volume_name_is_vagrant_libvirts():
 
 def test_registered_image_is_the_newest_version_with_its_info(vagrant_home):
     name = "vmdock/lab-vm"
-    _register(vagrant_home, name, "20261130090507.5", {"fingerprint": "old"})
-    _register(vagrant_home, name, "20261130100000.7", {"fingerprint": FP, "steps": ["vm:docker", "1 a step"]})
+    _register(vagrant_home, name, "20261130090507.5", {"tag": "old"})
+    _register(vagrant_home, name, "20261130100000.7", {"tag": "new", "labels": {"vmdock.steps": "[]"}})
     _register(vagrant_home, name, "0")  # added by hand without a version: older than any capture
     image = vmimage.registered_image(name)
     assert image is not None
     assert image.version == "20261130100000.7"
-    assert image.fingerprint == FP
-    assert image.info["steps"] == ["vm:docker", "1 a step"]
+    assert image.info == {"tag": "new", "labels": {"vmdock.steps": "[]"}}
 
 
-def test_registered_image_none_without_box_and_no_info_is_no_fingerprint(vagrant_home):
+def test_registered_image_none_without_box_and_empty_info_without_info_json(vagrant_home):
     assert vmimage.registered_image("vmdock/lab-vm") is None
     _register(vagrant_home, "vmdock/lab-vm", "20261130090507.5")
     image = vmimage.registered_image("vmdock/lab-vm")
-    assert image is not None and image.fingerprint == ""
+    assert image is not None and image.info == {}
+    assert vmcapture.lab_images("libvirt") == []  # a box without a lab image's info is none
 
 
 TAG = "vmdock/lab-img-lab-vm:9f86d081884c7d65"

@@ -1,9 +1,10 @@
-"""Lab images of real VMs (libvirt): a machine's disk as a Vagrant box, and reset.
+"""Lab images of real VMs (libvirt): a machine's disk as a versioned Vagrant box.
 
 A lab image of a libvirt machine is a Vagrant box named ``vmdock/<lab>-<machine>``
 (``box_name``) whose version says when it was made and which fingerprint made it
 (``box_version``).  Its ``info.json`` (Vagrant's own box info, `vagrant box list
--i` shows it) carries the whole fingerprint and the steps the image contains.
+-i` shows it) carries the lab image's tag and labels (``vmdock.labimages``: the
+whole fingerprint, the steps it contains, what vmdock needs to go on from it).
 
 * ``package_machine``: halt the machine and turn its disk into a ``.box``, by
   vagrant-libvirt's own ``vagrant package`` (``METHOD_PACKAGE``: flatten,
@@ -14,14 +15,16 @@ A lab image of a libvirt machine is a Vagrant box named ``vmdock/<lab>-<machine>
   vagrant-libvirt looks for, so the first ``up`` from it uploads nothing.
 * ``registered_image``: what Vagrant has registered for a lab's machine (its
   version and info), read from Vagrant's box folder without a ``vagrant`` call.
-* ``reset_domain``: a machine started from a lab image has a copy-on-write
-  overlay over the image's pool volume as its disk; reset throws the overlay
-  away (a new empty one over the same image) and starts the domain again.
+
+A machine made from a lab image has a copy-on-write overlay over the image's
+pool volume as its disk (vagrant-libvirt makes it): `vmdock reset` destroys
+the machine and makes it anew, i.e. a new empty overlay over the same volume,
+nothing copied and nothing provisioned; it costs a boot.
 
 Stale images are never used silently: each capture gets a new version (so a new
 pool volume: vagrant-libvirt reuses a pool volume whose name it knows), the
-Vagrantfile names the exact version, and the fingerprint in ``info.json`` is
-what the engine compares with the lab's.
+Vagrantfile names the exact version, and the labels in ``info.json`` are what
+the engine compares with the lab (``labimages.choose``).
 """
 from __future__ import annotations
 
@@ -76,10 +79,6 @@ class BoxImage:
     version: str
     info: dict
     directory: Path
-
-    @property
-    def fingerprint(self) -> str:
-        return str(self.info.get("fingerprint", ""))
 
 
 # --------------------------------------------------------------------------
@@ -285,32 +284,3 @@ def upload_to_pool(image: BoxImage, log: Log) -> str:
         virsh(["vol-delete", "--pool", POOL, vol], log, check=False)
         raise
     return vol
-
-
-# --------------------------------------------------------------------------
-# reset
-
-
-def reset_domain(domain: str, log: Log) -> Path:
-    """Return a domain started from a lab image to that image: power it off, give it a new
-    empty overlay over the same image, start it.  Returns the disk."""
-    disk = domain_disk(domain, log)
-    info = _qemu_img_info(disk, log)
-    backing = info.get("full-backing-filename") or info.get("backing-filename")
-    if not backing:
-        raise StateError(
-            f"the disk of {domain} has no backing image: it was not started from a lab image",
-            log=log.path, hint="`vmdock image build` the lab, then `vmdock up` starts from it",
-        )
-    state = virsh(["domstate", domain], log).stdout.strip()
-    if state not in ("shut off", "crashed"):
-        virsh(["destroy", domain], log)  # power off: the disk is thrown away anyway
-    st = disk.stat()
-    fmt = info.get("backing-filename-format", "qcow2")
-    run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", backing, str(disk), str(info["virtual-size"])],
-        log, timeout=120)
-    os.chown(disk, st.st_uid, st.st_gid)
-    os.chmod(disk, st.st_mode & 0o7777)
-    virsh(["pool-refresh", POOL], log, check=False)
-    virsh(["start", domain], log)
-    return disk

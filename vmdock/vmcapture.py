@@ -10,13 +10,13 @@ started again afterwards.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import boxes, paths, vmimage
 from .driver import SshConfig, parse_ssh_config, vagrant_env
 from .errors import CommandError, ConfigError, ProviderError, tail
+from .providers.libvirt import domain_name
 from .runlog import Log, run
 from .transport import Transport
 
@@ -136,11 +136,6 @@ def start_domain(domain: str, ssh: SshConfig, lab: str, machine: str, log: Log, 
         guest.connect(wait=wait)
     finally:
         guest.close()
-
-
-def domain_name(lab: str, machine: str) -> str:
-    """vagrant-libvirt's domain of a machine: vmdock's default_prefix + the machine, cleaned as it does."""
-    return re.sub(r"[^-a-z0-9_.]", "", f"vmdock-{lab}-{machine}", flags=re.IGNORECASE)
 
 
 def restore_check(lab_home: Path, lab: str, machine: str, log: Log) -> None:

@@ -56,9 +56,11 @@ METHOD_QEMU_IMG = "qemu-img"
 METHODS = (METHOD_PACKAGE, METHOD_QEMU_IMG)
 
 #: What virt-sysprep (run by `vagrant package`) clears in a lab image: what a
-#: reboot would lose or what names this one machine.  Not its defaults: those
-#: drop editor backups (*~, *.bak: lab files too), /var/tmp and the SSH
-#: folders (Vagrant's insecure key, which vmdock logs in with).
+#: reboot would lose or what names this one machine.  Not vagrant-libvirt's
+#: default (sysprep's defaults but the SSH folders, host keys and customize):
+#: that still drops editor backups (*~, *.bak: lab files too), /var/tmp and
+#: more a lab may have made.  The SSH folders stay: Vagrant's insecure key in
+#: them is what vmdock logs in with.
 SYSPREP_OPERATIONS = "bash-history,crash-data,dhcp-client-state,logfiles,machine-id,package-manager-cache,utmp"
 
 _PACKAGE_TIMEOUT = 3600

@@ -46,13 +46,18 @@ def vmdock(env, *args, check=True, timeout=1800):
 
 def docker_lines(*args) -> list[str]:
     out = subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
-    return [l for l in out.splitlines() if l.strip()]
+    return [line for line in out.splitlines() if line.strip()]
 
 
 def leftovers(lab: str) -> dict:
+    """The lab's containers and its private network (other labs on this host may have theirs)."""
+    from vmdock.loader import resolve
+    from vmdock.render import lab_network
+
+    network = f"vagrant_network_{lab_network(resolve(lab, [E2E_LABS]).lab.chapter)}"
     return {
         "containers": docker_lines("ps", "-a", "--filter", f"label=vmdock.lab={lab}", "--format", "{{.Names}}"),
-        "networks": [n for n in docker_lines("network", "ls", "--format", "{{.Name}}") if n.startswith("vagrant_network_")],
+        "networks": [n for n in docker_lines("network", "ls", "--format", "{{.Name}}") if n == network],
     }
 
 

@@ -25,7 +25,6 @@ OFFLINE = [l.name for l in discover([])[0] if l.lab.offline and l.folder.parent 
 def test_offline_lab(env, shipped_lab, tmp_path, record_property):
     lab = shipped_lab
     clean_start(env, lab)
-    volumes_before = set(docker_lines("volume", "ls", "-q"))
 
     t0 = time.monotonic()
     up = vmdock(env, "up", lab)
@@ -49,9 +48,16 @@ def test_offline_lab(env, shipped_lab, tmp_path, record_property):
     assert status["phase"] == "provisioned"
     assert all(m["state"] == "running" for m in status["machines"].values())
 
+    machines = docker_lines("ps", "-aq", "--filter", f"label=vmdock.lab={lab}")
+    volumes = set(docker_lines("inspect", "-f", '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}}\n{{end}}{{end}}',
+                               *machines))
     destroyed = vmdock(env, "destroy", lab)
     assert "destroyed" in destroyed.stdout
     assert leftovers(lab) == {"containers": [], "networks": []}
-    assert set(docker_lines("volume", "ls", "-q")) <= volumes_before
+    for _ in range(300):  # the machines' volumes (the inner Docker's data) are deleted in the background
+        if not volumes & set(docker_lines("volume", "ls", "-q")):
+            break
+        time.sleep(1)
+    assert not volumes & set(docker_lines("volume", "ls", "-q"))
     # destroy keeps the shared machine image, as Vagrant keeps boxes (`vmdock prune` removes unused ones)
     assert docker_lines("images", "-q", "--filter", "label=vmdock.role=machine-image")

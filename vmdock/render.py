@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, paths, providers
+from . import __version__, paths, providers, settings
 from .errors import LabError
+from .model import LAB_PREFIX
 from .ruby import ruby
 
 if TYPE_CHECKING:
@@ -25,10 +25,9 @@ if TYPE_CHECKING:
     from .providers import Provider
 
 # VirtualBox (6.1.28+) allows host-only networks in 192.168.56.0/21 only.
-# Each lab gets a /28 of it by chapter: 13 machines at most (one address is the
-# gateway), no clash between labs.
+# Each lab gets a /LAB_PREFIX of it by chapter: model.MAX_MACHINES machines at
+# most (one address is the gateway), no clash between labs.
 NETWORK_POOL = ipaddress.ip_network("192.168.56.0/21")
-LAB_PREFIX = 28
 
 
 class RubyLiteral(str):
@@ -63,7 +62,8 @@ def boxes_catalog() -> dict:
     import yaml
 
     with open(paths.BOXES_DIR / "boxes.yaml", encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+        catalog: dict = yaml.safe_load(fh)
+    return catalog
 
 
 def lab_network(chapter: int) -> ipaddress.IPv4Network:
@@ -93,7 +93,7 @@ def _box(loaded: LoadedLab, machine, provider: Provider) -> tuple[str | None, st
     where = f"{loaded.file}: machines[{loaded.lab.machines.index(machine)}].box"
     if entry is None:
         raise LabError(f"{where}: unknown box {machine.box!r} (boxes: {', '.join(boxes_catalog())})", lab=loaded.name)
-    url = os.environ.get("VMDOCK_BOX_URL_" + re.sub(r"[^A-Z0-9]", "_", machine.box.upper()))
+    url = settings.current().box_url(machine.box)
     # a box built by `vmdock box build` and registered with Vagrant, unless the URL says otherwise
     box = entry.get(provider.name) if url else provider.box(entry)
     if not box:

@@ -13,9 +13,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import boxes, paths, vmimage
+from . import paths, vmimage
 from .driver import SshConfig, parse_ssh_config, vagrant_env
 from .errors import CommandError, ConfigError, ProviderError, tail
+from .hostbuild import boxes
 from .providers.libvirt import domain_name
 from .runlog import Log, run
 from .transport import Transport

@@ -39,9 +39,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import boxes
 from .driver import vagrant_env
 from .errors import CommandError, ConfigError, StateError
+from .hostbuild import box_image, boxes
 from .runlog import Log, run
 
 LineSink = Callable[[str], None]
@@ -264,7 +264,7 @@ def register_box(box_file: Path, name: str, version: str, log: Log, *, on_line: 
         if old.name != version and (old / PROVIDER).is_dir():
             run(["vagrant", "box", "remove", name, "--box-version", old.name, "--provider", PROVIDER, "--force"],
                 log, env=vagrant_env(), timeout=600, check=False)
-    boxes._drop_stale_pool_volumes(log, name)
+    box_image._drop_stale_pool_volumes(log, name)
     image = registered_image(name)
     if image is None or image.version != version:
         raise CommandError(f"vagrant box add did not register {name} {version}", log=log.path)

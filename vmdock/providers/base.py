@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -40,6 +41,14 @@ class Probe:
     provider: str
     usable: bool
     reason: str
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What ``Provider.destroy`` removed (said), and what starts deleting the rest."""
+
+    said: list[str]
+    finish: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,15 @@ def quick_run(argv: list[str], log: Log | None, timeout: float = 30) -> subproce
     return proc
 
 
+def refuse_file_mirrors(provider: str) -> None:
+    """A ConfigError when an apt mirror is a folder of this host: a VM cannot reach it."""
+    from .. import settings
+    from ..hostbuild import mirror
+
+    s = settings.current()
+    mirror.refuse_for_vms(provider, VMDOCK_APT_MIRROR=s.apt_mirror, VMDOCK_APT_SECURITY_MIRROR=s.apt_security_mirror)
+
+
 class Provider(ABC):
     """One Vagrant provider, as vmdock uses it.  Instances hold no state."""
 
@@ -111,6 +129,10 @@ class Provider(ABC):
     def __init__(self, mirror: str | None = None):
         self.mirror = mirror  # the apt mirror machine images are built from (docker)
 
+    def transient_up_failure(self, stderr: str) -> bool:
+        """Whether a failed `vagrant up` is worth one more try (a race the provider knows of)."""
+        return False
+
     @abstractmethod
     def probe(self) -> Probe:
         """Whether the provider can work on this host, cheaply (no `vagrant` call)."""
@@ -130,12 +152,12 @@ class Provider(ABC):
         image's base includes it): the docker machine image's tag; '' for box-based VMs."""
         return ""
 
-    def check_options(self, options: dict) -> None:
+    def check_options(self, options: dict) -> None:  # noqa: B027  (most providers check nothing)
         """Refuse options the template cannot render (a ConfigError)."""
 
     def box(self, entry: dict) -> str | None:
         """The Vagrant box for a boxes.yaml entry (None: the provider has none)."""
-        from .. import boxes
+        from ..hostbuild import boxes
 
         return boxes.own_box(entry, self.name) or entry.get(self.name)
 
@@ -156,10 +178,10 @@ class Provider(ABC):
         costs seconds); None: ask Vagrant."""
         return None
 
-    def destroy(self, lab: LoadedLab, log: Log, *, background: bool = False) -> list[str] | None:
-        """Remove the lab's machines without Vagrant, when the provider can do it quicker
-        (say what was removed); None: `vagrant destroy` does it.  ``background``: what takes
-        long may go on after this returns, as long as new machines can be made at once."""
+    def destroy(self, lab: LoadedLab, log: Log) -> Removal | None:
+        """Remove the lab's machines without Vagrant, when the provider can do it quicker;
+        None: `vagrant destroy` does it.  What takes long (deleting disks) is left to
+        ``Removal.finish``, which starts it in the background."""
         return None
 
     def cleanup(self, lab: LoadedLab, log: Log) -> list[str]:

@@ -6,6 +6,7 @@ so changed machine settings recreate it.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from .base import (
     Probe,
     Provider,
     Pruned,
+    Removal,
     quick_run,
     unix_socket_answers,
 )
@@ -32,8 +34,6 @@ if TYPE_CHECKING:
 #: the labels vmdock's Vagrantfile puts on every machine container
 LAB_LABEL = "vmdock.lab"
 MACHINE_LABEL = "vmdock.machine"
-#: the name of a machine container `reset` threw away, while it is being removed
-RETIRED_PREFIX = "vmdock-retired-"
 
 
 def docker_daemon() -> tuple[bool, str]:
@@ -48,30 +48,35 @@ def docker_daemon() -> tuple[bool, str]:
 
 
 def container_states(ps_lines: str) -> dict[str, str]:
-    """``docker ps -a`` lines ``<machine label>\\t<State>\\t<name>`` → machine → Vagrant state
-    (containers that `reset` retired, being removed, left out)."""
+    """``docker ps -a`` lines ``<machine label>\\t<State>`` → machine → Vagrant state."""
     out: dict[str, str] = {}
     for line in ps_lines.splitlines():
-        machine, sep, rest = line.partition("\t")
-        state, _, name = rest.partition("\t")
-        if not sep or not machine or name.startswith(RETIRED_PREFIX):
+        machine, sep, state = line.partition("\t")
+        if not sep or not machine:
             continue
         # Vagrant's docker provider: running when `docker ps` lists it, else stopped
         out[machine] = RUNNING if state.strip() in ("running", "restarting") else "stopped"
     return out
 
 
-def _cached_create_args() -> list[str]:
-    """The machine's create args from what the host facts remember, building nothing."""
-    from .. import images, paths
-
+def ssh_address(ports_json: str) -> tuple[str, int] | None:
+    """``docker inspect -f '{{json .NetworkSettings.Ports}}'`` → where port 22 is published."""
     try:
-        facts = json.loads((paths.cache_dir() / images.HOST_FACTS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        facts = {}
-    key = os.environ.get("DOCKER_HOST") or os.environ.get("DOCKER_CONTEXT") or "default"
-    known = (facts.get("privileged") or {}).get(key) or {}
-    return list(images.PRIVILEGED_CREATE_ARGS if known.get("allowed") else images.MACHINE_CREATE_ARGS)
+        ssh = (json.loads(ports_json or "null") or {}).get("22/tcp") or []
+    except ValueError:
+        return None
+    if not ssh or not str(ssh[0].get("HostPort", "")).isdigit():
+        return None
+    host = ssh[0].get("HostIp") or "127.0.0.1"
+    return ("127.0.0.1" if host == "0.0.0.0" else host), int(ssh[0]["HostPort"])
+
+
+def _mirrors() -> tuple[str | None, ...]:
+    """The apt mirrors a machine may need mounted (``file:`` ones are folders of this host)."""
+    from .. import settings
+
+    current = settings.current()
+    return current.apt_mirror, current.apt_security_mirror
 
 
 class DockerProvider(Provider):
@@ -80,6 +85,13 @@ class DockerProvider(Provider):
     default_hostname = True
     uses_boxes = False
     supports_lab_images = True
+
+    def transient_up_failure(self, stderr: str) -> bool:
+        """Vagrant's docker provider lists every network of the host, then inspects each: one
+        removed meanwhile (another lab's destroy) fails the `up` with "No such object"."""
+        import re
+
+        return "No such object" in stderr and re.search(r"docker\W+inspect", stderr) is not None
 
     def probe(self) -> Probe:
         if not shutil.which("vagrant"):
@@ -96,18 +108,17 @@ class DockerProvider(Provider):
     ) -> dict:
         import time
 
-        from .. import images
+        from ..hostbuild import machine_image
 
-        if not build:
-            image = self.base_image()
-            if not image:
-                image = f"{images.MACHINE_IMAGE_REPO}:not-built-yet"
-                events.info(f"the machine image is not built yet: `vmdock up {lab.name}` builds it")
-            return {"machine_image": image, "create_args": _cached_create_args(), "lab_images": dict(lab_images or {})}
+        if not build:  # `vmdock render`: the tag is known without building, the args without probing
+            args = machine_image.machine_create_args(log, mirrors=_mirrors(), probe=False)
+            return {"machine_image": self.base_image(), "create_args": args, "lab_images": dict(lab_images or {})}
         events.task("machine image")
         start = time.monotonic()
-        image = images.ensure_machine_image(log, mirror=self.mirror, on_line=lambda line: events.line("image", line))
-        args = images.machine_create_args(log)
+        image = machine_image.ensure_machine_image(
+            log, mirror=self.mirror, on_line=lambda line: events.line("image", line)
+        )
+        args = machine_image.machine_create_args(log, mirrors=_mirrors())
         events.task_done("machine image", time.monotonic() - start)
         return {"machine_image": image, "create_args": args, "lab_images": dict(lab_images or {})}
 
@@ -120,13 +131,13 @@ class DockerProvider(Provider):
     def box(self, entry: dict) -> str | None:
         return None
 
-    def netmask(self, net) -> int:
-        return net.prefixlen  # the docker provider wants a prefix length
+    def netmask(self, net: ipaddress.IPv4Network) -> int:
+        return int(net.prefixlen)  # the docker provider wants a prefix length
 
     def native_status(self, lab: str, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
         proc = quick_run(
             ["docker", "ps", "-a", "--filter", f"label={LAB_LABEL}={lab}",
-             "--format", '{{.Label "' + MACHINE_LABEL + '"}}\t{{.State}}\t{{.Names}}'],
+             "--format", '{{.Label "' + MACHINE_LABEL + '"}}\t{{.State}}'],
             log,
         )
         if proc is None or proc.returncode != 0:
@@ -150,62 +161,49 @@ class DockerProvider(Provider):
             return None
         out = {}
         for machine, line in zip(machines, proc.stdout.splitlines(), strict=False):
-            ssh = (json.loads(line or "null") or {}).get("22/tcp") or []
-            if not ssh:
+            address = ssh_address(line)
+            if address is None:
                 return None
-            host = ssh[0].get("HostIp") or "127.0.0.1"
-            out[machine] = SshConfig("127.0.0.1" if host == "0.0.0.0" else host, int(ssh[0]["HostPort"]), "vagrant", (str(key),))
+            out[machine] = SshConfig(address[0], address[1], "vagrant", (str(key),))
         return out if len(out) == len(machines) else None
 
-    def destroy(self, lab: LoadedLab, log: Log, *, background: bool = False) -> list[str] | None:
-        """`docker rm -f -v` of the lab's containers: seconds, where `vagrant destroy`
-        takes 10–25 s (Vagrant's start, a graceful stop).  The machines are throwaway.
-        Vagrant's global machine index keeps a stale entry (`vagrant global-status --prune`).
+    def destroy(self, lab: LoadedLab, log: Log) -> Removal | None:
+        """`docker rm -f` of the lab's containers (a second), where `vagrant destroy` takes
+        10–25 s (Vagrant's start, a graceful stop); the machines are throwaway.  Their
+        volumes (the inner Docker's data: seconds to delete) are left to ``finish``, which
+        starts a `docker volume rm` that runs on by itself.  Vagrant's global machine index
+        keeps a stale entry (`vagrant global-status --prune`)."""
+        from ..runlog import run
 
-        ``background``: rename and kill them (names, ports and addresses are free at once for
-        new machines) and leave their removal (deleting the inner Docker's data takes
-        seconds) to a `docker rm` that runs on by itself."""
-        if background:
-            return self._retire(lab, log)
-        removed = self._remove_containers(lab, log)
-        return [f"machines (docker: {removed} container(s))"] if removed else []
+        ids = [cid for cid, _ in self._lab_containers(lab, log)]
+        if not ids:
+            return Removal([])
+        fmt = '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}'
+        volumes = run(["docker", "inspect", "-f", fmt, *ids], log, check=False).stdout.split()
+        run(["docker", "rm", "-f", *ids], log)
 
-    def _lab_containers(self, lab: LoadedLab, log: Log) -> list[str]:
+        def finish() -> None:
+            import subprocess
+
+            if volumes:
+                cmd = ["docker", "volume", "rm", *volumes]
+                subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+                log.event(f"host$ {' '.join(cmd)}  (left running in the background)")
+
+        said = f"machines (docker: {len(ids)} container(s); their volumes are deleted in the background)"
+        return Removal([said], finish)
+
+    def _lab_containers(self, lab: LoadedLab, log: Log) -> list[tuple[str, str]]:
+        """(id, name) of every container of the lab."""
         from ..runlog import run
 
         if not docker_daemon()[0]:
             return []
-        return run(["docker", "ps", "-aq", "--no-trunc", "--filter", f"label={LAB_LABEL}={lab.name}"], log).stdout.split()
-
-    def _remove_containers(self, lab: LoadedLab, log: Log) -> int:
-        from ..runlog import run
-
-        ids = self._lab_containers(lab, log)
-        if ids:
-            result = run(["docker", "rm", "-f", "-v", *ids], log, check=False)
-            # one retired by `reset` may be going already: that is no failure
-            if result.returncode != 0 and not all(
-                "already in progress" in line or "No such container" in line
-                for line in result.stderr.splitlines() if line.strip()
-            ):
-                run(["docker", "rm", "-f", "-v", *ids], log)  # raises with the error
-        return len(ids)
-
-    def _retire(self, lab: LoadedLab, log: Log) -> list[str]:
-        import subprocess
-
-        from ..runlog import run
-
-        ids = self._lab_containers(lab, log)
-        for cid in ids:
-            run(["docker", "rename", cid, f"{RETIRED_PREFIX}{cid[:12]}"], log, check=False)
-        if ids:
-            run(["docker", "kill", *ids], log, check=False)  # a stopped one answers "is not running"
-            cmd = ["docker", "rm", "-f", "-v", *ids]
-            subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-            log.event(f"host$ {' '.join(cmd)}  (left running in the background)")
-        return [f"machines (docker: {len(ids)} container(s) killed, removed in the background)"] if ids else []
+        cmd = ["docker", "ps", "-a", "--no-trunc", "--filter", f"label={LAB_LABEL}={lab.name}",
+               "--format", "{{.ID}}\t{{.Names}}"]
+        return [(line.partition("\t")[0], line.partition("\t")[2]) for line in run(cmd, log).stdout.splitlines()
+                if line.strip()]
 
     def cleanup(self, lab: LoadedLab, log: Log) -> list[str]:
         """Containers and networks of this lab that Vagrant left (never the shared machine image)."""
@@ -215,24 +213,25 @@ class DockerProvider(Provider):
         if not docker_daemon()[0]:
             return []
         removed = []
-        left = self._remove_containers(lab, log)
+        left = [cid for cid, _ in self._lab_containers(lab, log)]
         if left:
-            removed.append(f"{left} leftover container(s)")
+            run(["docker", "rm", "-f", "-v", *left], log)
+            removed.append(f"{len(left)} leftover container(s)")
         subnet = str(lab_network(lab.lab.chapter))
         nets = run(["docker", "network", "ls", "-q", "--filter", f"name=vagrant_network_{subnet}"], log).stdout.split()
         for net in nets:
-            users = run(["docker", "network", "inspect", "-f", "{{len .Containers}}", net], log, check=False).stdout.strip()
+            inspect = ["docker", "network", "inspect", "-f", "{{len .Containers}}", net]
+            users = run(inspect, log, check=False).stdout.strip()
             if users == "0":
                 run(["docker", "network", "rm", net], log)
                 removed.append(f"network {net[:12]}")
         return removed
 
     def base_image(self) -> str:
-        """The machine image `up` would use now ('' when its rootfs is not built: no tag yet)."""
-        from .. import images
+        """The machine image `up` would use now (its tag is computed, nothing is built)."""
+        from ..hostbuild import machine_image, rootfs
 
-        rootfs = images.rootfs_path()
-        return images.machine_image_tag(rootfs, images.apt_mirror(self.mirror)) if rootfs.exists() else ""
+        return machine_image.machine_image_tag(rootfs.apt_mirror(self.mirror))
 
     def lab_images(self, log: Log) -> list[LabImage]:
         from ..labimages import ROLE, LabImage
@@ -240,15 +239,18 @@ class DockerProvider(Provider):
 
         if not docker_daemon()[0]:
             return []
-        found = (LabImage.from_labels(tag, labels, size) for tag, labels, size in list_images(log, f"vmdock.role={ROLE}"))
+        listed = list_images(log, f"vmdock.role={ROLE}")
+        found = (LabImage.from_labels(tag, labels, size) for tag, labels, size in listed)
         return [i for i in found if i is not None and i.provider == self.name]
 
     def capture(self, lab: LoadedLab, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
+        from ..labimages import LABEL_PREFIX
         from ..provision import provisioner
         from ..render import container_name
         from .docker_capture import capture
 
-        return capture(container_name(lab.name, machine), tag, labels, provisioner("start-docker.sh"), log)
+        return capture(container_name(lab.name, machine), tag, labels, provisioner("start-docker.sh"), log,
+                       lab_image_label=f"{LABEL_PREFIX}fingerprint")
 
     def restore(self, lab: LoadedLab, machine: str, log: Log) -> None:
         from ..render import container_name
@@ -258,15 +260,15 @@ class DockerProvider(Provider):
 
     def prune(self, log: Log, *, everything: bool = False) -> list[Pruned]:
         """Machine images and lab images that no container on this host was made from."""
-        from .. import images
+        from ..hostbuild import machine_image
+        from ..labimages import ROLE
         from ..runlog import run
 
         if not docker_daemon()[0]:
             return []
-        from ..labimages import ROLE
 
         rows = []
-        for role in (images.ROLE_LABEL, f"vmdock.role={ROLE}"):  # machine images, lab images
+        for role in (machine_image.ROLE_LABEL, f"vmdock.role={ROLE}"):  # machine images, lab images
             listed = run(["docker", "image", "ls", "--no-trunc", "--filter", f"label={role}",
                           "--format", "{{.ID}}\t{{.Repository}}:{{.Tag}}"], log).stdout
             rows += [tuple(line.split("\t", 1)) for line in listed.splitlines() if "\t" in line]
@@ -306,5 +308,6 @@ def _image_users(log: Log) -> dict[str, set[str]]:
     for line in run(["docker", "inspect", "--format", fmt, *ids], log, check=False).stdout.splitlines():
         image, _, rest = line.partition("\t")
         name, _, lab = rest.partition("\t")
-        users.setdefault(image, set()).add(f"lab {lab} ({name.lstrip('/')})" if lab else f"container {name.lstrip('/')}")
+        name = name.lstrip("/")
+        users.setdefault(image, set()).add(f"lab {lab} ({name})" if lab else f"container {name}")
     return users

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .base import NOT_CREATED, Probe, Provider, quick_run
+from .base import NOT_CREATED, Probe, Provider, quick_run, refuse_file_mirrors
 
 if TYPE_CHECKING:
     from ..events import Events
@@ -62,6 +62,7 @@ class VirtualBoxProvider(Provider):
     def render_options(
         self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True, lab_images: dict[str, str] | None = None
     ) -> dict:
+        refuse_file_mirrors(self.name)
         from ..vmcapture import lab_boxes  # rendered and validated here; capture needs VirtualBox (README)
 
         return {"lab_boxes": lab_boxes(lab_images or {})}

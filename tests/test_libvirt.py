@@ -13,11 +13,13 @@ These fail (never skip) when libvirt is not set up: run
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -192,3 +194,39 @@ def remove_lab_image(env):
 def libvirt_box(env):
     """The lab test needs the box: build (or find cached) it even when run alone."""
     vmdock(env, "box", "build", "--provider", "libvirt")
+
+
+def test_register_box_replaces_the_version_and_fills_the_pool(libvirt_host, tmp_path, monkeypatch):
+    """A tiny disk as a lab image box, twice: Vagrant and libvirt's pool hold the newest version only."""
+    from vmdock import vmimage
+    from vmdock.runlog import Log
+
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path / "vagrant.d"))
+    name = "vmdock/vmimage-register-test-vm"
+    prefix = name.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
+    log = Log(tmp_path / "register.log")
+    disk = tmp_path / "box.img"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True, timeout=60)
+    (tmp_path / "metadata.json").write_text('{"provider": "libvirt", "format": "qcow2", "virtual_size": 1}')
+    (tmp_path / "info.json").write_text('{"tag": "t"}')
+    box = tmp_path / "test.box"
+    with tarfile.open(box, "w") as tar:
+        for f in ("metadata.json", "info.json", "box.img"):
+            tar.add(tmp_path / f, arcname=f)
+    versions = [vmimage.box_version("ab" * 32, dt.datetime(2026, 11, 30, 9, m, tzinfo=dt.timezone.utc)) for m in (1, 2)]
+    try:
+        for version in versions:
+            image = vmimage.register_box(box, name, version, log)
+            assert image.version == version and image.info == {"tag": "t"}
+            vols = [line.split()[0] for line in _virsh("vol-list", "default")[2:] if line.startswith(prefix)]
+            assert vols == [vmimage.pool_volume_name(name, version)], (vols, log.path.read_text())
+        assert sorted(p.name for p in (tmp_path / "vagrant.d" / "boxes").iterdir()) == [
+            name.replace("/", "-VAGRANTSLASH-")
+        ]
+        # `vagrant box remove` leaves the older version's folder, empty
+        listed = [p.parent.parent.name for p in image.directory.parent.parent.glob("*/libvirt/metadata.json")]
+        assert listed == [versions[1]], (listed, log.path.read_text())
+    finally:
+        for line in _virsh("vol-list", "default")[2:]:
+            if line.startswith(prefix):
+                _virsh("vol-delete", "--pool", "default", line.split()[0])

@@ -27,8 +27,8 @@ def test_one_registry_in_preference_order():
 def test_unsupported_lab_images_say_so():
     from vmdock.errors import ProviderError
 
-    with pytest.raises(ProviderError, match="libvirt provider cannot capture lab images"):
-        providers.get("libvirt").capture(None, "web", "t", {}, None)
+    with pytest.raises(ProviderError, match="virtualbox provider cannot capture lab images"):
+        providers.get("virtualbox").capture(None, "web", "t", {}, None)
 
 
 def test_docker_ps_states():

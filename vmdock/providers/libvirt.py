@@ -19,6 +19,7 @@ from .base import NOT_CREATED, Probe, Provider, quick_run, refuse_file_mirrors, 
 
 if TYPE_CHECKING:
     from ..events import Events
+    from ..labimages import LabImage
     from ..loader import LoadedLab
     from ..runlog import Log
 
@@ -86,6 +87,7 @@ def domain_states(virsh_list: str) -> dict[str, str]:
 class LibvirtProvider(Provider):
     name = "libvirt"
     on_settings_changed = "reload"
+    supports_lab_images = True  # a machine's disk as a versioned Vagrant box: vmdock/vmcapture.py
     up_hint = (
         "if Vagrant could not fetch the box (no Vagrant Cloud here?), build one offline with "
         "`vmdock box build` (libvirt) or point VMDOCK_BOX_URL_<BOX> at a mirror or a .box file"
@@ -108,7 +110,9 @@ class LibvirtProvider(Provider):
         self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True, lab_images: dict[str, str] | None = None
     ) -> dict:
         refuse_file_mirrors(self.name)
-        return {"domain_type": domain_type(on_info=events.info, log=log)}
+        from ..vmcapture import lab_boxes
+
+        return {"domain_type": domain_type(on_info=events.info, log=log), "lab_boxes": lab_boxes(lab_images or {})}
 
     def check_options(self, options: dict) -> None:
         if not options.get("domain_type"):
@@ -122,3 +126,19 @@ class LibvirtProvider(Provider):
             return None
         found = domain_states(proc.stdout)
         return {m: found.get(domain_name(lab, m), NOT_CREATED) for m in machines}
+
+    def lab_images(self, log: Log) -> list[LabImage]:
+        from ..vmcapture import lab_images
+
+        return lab_images(self.name)
+
+    def capture(self, lab: LoadedLab, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
+        from ..vmcapture import capture
+
+        return capture(lab, machine, tag, labels, log, tcg=domain_type(log=log) == "qemu")
+
+    def restore(self, lab: LoadedLab, machine: str, log: Log) -> None:
+        from ..paths import lab_home
+        from ..vmcapture import restore_check
+
+        restore_check(lab_home(lab.name), lab.name, machine, log)

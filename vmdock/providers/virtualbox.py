@@ -63,7 +63,9 @@ class VirtualBoxProvider(Provider):
         self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True, lab_images: dict[str, str] | None = None
     ) -> dict:
         refuse_file_mirrors(self.name)
-        return {}
+        from ..vmcapture import lab_boxes  # rendered and validated here; capture needs VirtualBox (README)
+
+        return {"lab_boxes": lab_boxes(lab_images or {})}
 
     def native_status(self, lab: str, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
         exe = _vboxmanage()

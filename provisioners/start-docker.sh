@@ -23,7 +23,7 @@
 #                           from templates/daemon.json.j2).  Installed as
 #                           /etc/docker/daemon.json when it differs; a running
 #                           daemon is then restarted.
-#   VMDOCK_DOCKER_TIMEOUT   seconds to wait for `docker info` (default 60).  On
+#   VMDOCK_DOCKER_TIMEOUT   seconds to wait for `docker info` (default 120).  On
 #                           timeout the last 20 lines of the daemon log go to
 #                           stderr and the script exits 1.
 set -euo pipefail
@@ -38,7 +38,7 @@ command -v dockerd >/dev/null 2>&1 || die "dockerd is not installed (run install
 command -v docker >/dev/null 2>&1 || die "the docker client is not installed (run install-docker.sh first)"
 
 DAEMON_JSON_SRC=${VMDOCK_DAEMON_JSON:-}
-TIMEOUT=${VMDOCK_DOCKER_TIMEOUT:-60}
+TIMEOUT=${VMDOCK_DOCKER_TIMEOUT:-120}
 case "$TIMEOUT" in ''|*[!0-9]*) die "VMDOCK_DOCKER_TIMEOUT must be a number of seconds, got: $TIMEOUT" ;; esac
 
 DAEMON_JSON=/etc/docker/daemon.json

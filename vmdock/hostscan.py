@@ -16,12 +16,19 @@ from .errors import CommandError
 from .runlog import Log, run
 from .seats import (
     ID_LENGTH,
+    HostPort,
+    Instance,
     Lease,
     Machine,
     PortHolder,
+    allocate_subnet,
     host_dir,
+    host_lock,
     parse_docker_ports,
+    ports_taken_error,
     read_leases,
+    suggest_offset,
+    taken_ports,
 )
 
 Net = tuple[ipaddress.IPv4Network, str]
@@ -194,3 +201,21 @@ def _phase(home: str | None, lab: str) -> str | None:
     except (OSError, ValueError):
         return None
     return data.get("phase") if isinstance(data, dict) else None
+
+
+# -- what `vmdock up` asks before `vagrant up` --------------------------------------------
+
+
+def claim_network(inst: Instance, log: Log) -> ipaddress.IPv4Network:
+    """The instance's private network: its lease, or a free block leased now under the host lock."""
+    with host_lock(f"choosing a network for {inst.lab}"):
+        return allocate_subnet(inst, lambda: host_networks(log))
+
+
+def check_ports(inst: Instance, ports: list[HostPort], offset: int, log: Log) -> None:
+    """Raise naming every forwarded host port that is taken, its holder, and an offset that frees them."""
+    if not ports:
+        return
+    taken = taken_ports(ports, docker_port_holders(log), inst.id)
+    if taken:
+        raise ports_taken_error(inst.lab, taken, offset, suggest_offset(ports, offset))

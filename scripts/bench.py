@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """Benchmark a lab's lifecycle with the real `vmdock` command.
 
-    python scripts/bench.py ch6-lamp            # warm: caches as they are
-    python scripts/bench.py ch6-lamp --cold     # cold: empty rootfs cache, no machine image
+    python scripts/bench.py ch6-lamp              # warm: caches as they are
+    python scripts/bench.py ch6-lamp --cold       # cold: empty rootfs cache, no machine image
+    python scripts/bench.py ch2-containers --fast-paths
 
-Prints the wall time of: first `up`, the no-op second `up`, `verify`,
-`destroy`, as a table and (with --json) as JSON.  Uses its own VMDOCK_HOME
+The default mode prints the wall time of: first `up`, the no-op second `up`,
+`verify`, `destroy`.  ``--fast-paths`` brings the lab up (untimed), then times
+the commands that must be quick, each run ``--repeat`` times (best and
+median): the no-op `up`, `list`, `status`, `status --refresh`, `render`, and
+last `destroy`, each printed with its command line.  Uses its own VMDOCK_HOME
 (a temp folder) unless VMDOCK_HOME is set, and the user's cache (VMDOCK_CACHE
 or the default); --cold uses an empty cache and removes the machine images first.
 """
@@ -14,22 +18,78 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+#: the fast paths and their targets in seconds (None: measured, no target)
+FAST_PATHS: list[tuple[str, list[str], float | None]] = [
+    ("up (no-op)", ["up", "{lab}"], 1.0),
+    ("list", ["list"], 0.3),
+    ("status", ["status", "{lab}"], 0.5),
+    ("status --refresh", ["status", "{lab}", "--refresh"], None),
+    ("render", ["render", "{lab}"], None),
+]
+
 
 def timed(argv: list[str], env: dict) -> tuple[float, int, str]:
     start = time.monotonic()
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     return time.monotonic() - start, proc.returncode, proc.stdout + proc.stderr
+
+
+def lifecycle(vmdock: list[str], lab: str, env: dict) -> list[dict]:
+    rows = []
+    for name, argv in (
+        ("up (first)", ["up", lab]),
+        ("up (no-op)", ["up", lab]),
+        ("verify", ["verify", lab]),
+        ("destroy", ["destroy", lab]),
+    ):
+        seconds, code, out = timed(vmdock + argv, env)
+        rows.append({"step": name, "command": "vmdock " + shlex.join(argv), "seconds": round(seconds, 2), "exit": code})
+        if code != 0:
+            sys.stderr.write(out)
+            break
+    return rows
+
+
+def fast_paths(vmdock: list[str], lab: str, env: dict, repeat: int) -> list[dict]:
+    seconds, code, out = timed(vmdock + ["up", lab], env)
+    if code != 0:
+        sys.stderr.write(out)
+        return [{"step": "up (to start from)", "command": f"vmdock up {lab}", "seconds": round(seconds, 2), "exit": code}]
+    rows = []
+    for name, template, target in FAST_PATHS + [("destroy", ["destroy", "{lab}"], 5.0)]:
+        argv = [a.format(lab=lab) for a in template]
+        runs = []
+        code = 0
+        for _ in range(1 if name == "destroy" else repeat):
+            seconds, code, out = timed(vmdock + argv, env)
+            runs.append(seconds)
+            if code != 0:
+                sys.stderr.write(out)
+                break
+        rows.append({
+            "step": name,
+            "command": "vmdock " + shlex.join(argv),
+            "seconds": round(min(runs), 2),
+            "median": round(statistics.median(runs), 2),
+            "target": target,
+            "exit": code,
+        })
+    return rows
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("lab")
     ap.add_argument("--cold", action="store_true", help="start with no rootfs cache and no machine image")
+    ap.add_argument("--fast-paths", action="store_true", help="time the commands that must be quick")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per fast path (best and median are shown)")
     ap.add_argument("--provider", default=os.environ.get("VMDOCK_PROVIDER", "docker"))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -43,31 +103,25 @@ def main() -> int:
     if args.cold:
         env["VMDOCK_CACHE"] = tempfile.mkdtemp(prefix="vmdock-bench-cache-")
         ids = subprocess.run(["docker", "images", "-q", "--filter", "label=vmdock.role=machine-image"],
-                             capture_output=True, text=True).stdout.split()
+                             capture_output=True, text=True, check=False).stdout.split()
         if ids:
-            subprocess.run(["docker", "rmi", "-f", *ids], capture_output=True)
+            subprocess.run(["docker", "rmi", "-f", *ids], capture_output=True, check=False)
     vmdock = [sys.executable, "-m", "vmdock"]
-    subprocess.run(vmdock + ["destroy", args.lab, "--keep-image"], env=env, capture_output=True)
-
-    rows = []
-    for name, argv in (
-        ("up (first)", ["up", args.lab]),
-        ("up (no-op)", ["up", args.lab]),
-        ("verify", ["verify", args.lab]),
-        ("destroy", ["destroy", args.lab]),
-    ):
-        seconds, code, out = timed(vmdock + argv, env)
-        rows.append({"step": name, "seconds": round(seconds, 1), "exit": code})
-        if code != 0:
-            sys.stderr.write(out)
-            break
-    result = {"lab": args.lab, "provider": args.provider, "cold": args.cold, "vmdock_home": env["VMDOCK_HOME"], "rows": rows}
+    if args.fast_paths:
+        rows = fast_paths(vmdock, args.lab, env, args.repeat)
+    else:
+        subprocess.run(vmdock + ["destroy", args.lab], env=env, capture_output=True, check=False)
+        rows = lifecycle(vmdock, args.lab, env)
+    mode = "fast paths" if args.fast_paths else ("cold" if args.cold else "warm") + " caches"
+    result = {"lab": args.lab, "provider": args.provider, "mode": mode, "vmdock_home": env["VMDOCK_HOME"], "rows": rows}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{args.lab} ({args.provider}, {'cold' if args.cold else 'warm'} caches)")
+        print(f"{args.lab} ({args.provider}, {mode}; load average {os.getloadavg()[0]:.1f})")
         for r in rows:
-            print(f"  {r['step']:<12} {r['seconds']:>7.1f}s  exit {r['exit']}")
+            extra = f"  median {r['median']:.2f}s" if "median" in r else ""
+            target = f"  target ≤ {r['target']:.1f}s" if r.get("target") else ""
+            print(f"  {r['step']:<18} {r['seconds']:>7.2f}s{extra}{target}  exit {r['exit']}   $ {r['command']}")
     return 0 if all(r["exit"] == 0 for r in rows) else 1
 
 

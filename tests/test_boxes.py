@@ -8,7 +8,9 @@ import json
 
 import pytest
 
-from vmdock import boxes, providers
+from vmdock import boxes
+from vmdock.providers import kvm as kvm_module
+from vmdock.providers import libvirt
 from vmdock.errors import ConfigError
 from vmdock.loader import load_lab
 from vmdock.render import RenderOptions, render
@@ -58,27 +60,27 @@ def test_registered_reads_vagrants_box_folder(vagrant_home, arch):
 
 
 def test_render_prefers_the_registered_vmdock_box_for_libvirt(vagrant_home, lab):
-    text = render(lab, RenderOptions(provider="libvirt", libvirt_driver="qemu"))
+    text = render(lab, RenderOptions("libvirt", {"domain_type": "qemu"}))
     assert 'node.vm.box = "debian/bookworm64"' in text
     _register(vagrant_home)
-    text = render(lab, RenderOptions(provider="libvirt", libvirt_driver="qemu"))
+    text = render(lab, RenderOptions("libvirt", {"domain_type": "qemu"}))
     assert 'node.vm.box = "vmdock/debian12"' in text
     assert "box_url" not in text
     # VirtualBox has no vmdock box: Vagrant Cloud's
-    assert 'node.vm.box = "debian/bookworm64"' in render(lab, RenderOptions(provider="virtualbox"))
+    assert 'node.vm.box = "debian/bookworm64"' in render(lab, RenderOptions("virtualbox"))
     assert boxes.vagrant_box("debian12", "libvirt") == "vmdock/debian12"
 
 
 def test_box_url_still_overrides(vagrant_home, lab, monkeypatch):
     _register(vagrant_home)
     monkeypatch.setenv("VMDOCK_BOX_URL_DEBIAN12", "file:///srv/boxes/debian12.box")
-    text = render(lab, RenderOptions(provider="libvirt", libvirt_driver="qemu"))
+    text = render(lab, RenderOptions("libvirt", {"domain_type": "qemu"}))
     assert 'node.vm.box = "debian/bookworm64"' in text
     assert 'node.vm.box_url = "file:///srv/boxes/debian12.box"' in text
 
 
 def test_libvirt_block(vagrant_home, lab):
-    text = render(lab, RenderOptions(provider="libvirt", libvirt_driver="kvm"))
+    text = render(lab, RenderOptions("libvirt", {"domain_type": "kvm"}))
     for line in (
         'lv.driver = "kvm"',
         "lv.qemu_use_session = false",
@@ -110,15 +112,15 @@ def test_build_refuses_virtualbox():
         boxes.build(None, provider="virtualbox")
 
 
-def test_libvirt_driver_override(monkeypatch):
+def test_libvirt_domain_type_override(monkeypatch):
     seen = []
     monkeypatch.setenv("VMDOCK_LIBVIRT_DRIVER", "qemu")
-    monkeypatch.setattr(providers, "kvm_probe", lambda *a, **k: pytest.fail("probed despite the override"))
-    assert providers.libvirt_driver(seen.append) == "qemu"
+    monkeypatch.setattr(libvirt, "kvm_probe", lambda *a, **k: pytest.fail("probed despite the override"))
+    assert libvirt.domain_type(seen.append) == "qemu"
     assert "VMDOCK_LIBVIRT_DRIVER" in seen[0]
     monkeypatch.setenv("VMDOCK_LIBVIRT_DRIVER", "xen")
     with pytest.raises(ConfigError):
-        providers.libvirt_driver()
+        libvirt.domain_type()
 
 
 @pytest.mark.parametrize(
@@ -132,9 +134,9 @@ def test_libvirt_driver_override(monkeypatch):
 def test_kvm_probe_compares_kvm_with_tcg_and_remembers(monkeypatch, tmp_path, kvm, tcg, usable):
     monkeypatch.setenv("VMDOCK_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("VMDOCK_LIBVIRT_DRIVER", raising=False)
-    monkeypatch.setattr(providers.os.path, "exists", lambda p: True)
-    monkeypatch.setattr(providers.os, "access", lambda p, m: True)
-    monkeypatch.setattr(providers, "_qemu_binary", lambda: "/usr/bin/qemu-system-x86_64")
+    monkeypatch.setattr(kvm_module.os.path, "exists", lambda p: True)
+    monkeypatch.setattr(kvm_module.os, "access", lambda p, m: True)
+    monkeypatch.setattr(kvm_module, "_qemu_binary", lambda: "/usr/bin/qemu-system-x86_64")
     calls = []
 
     def boot(qemu, accel, disk, timeout):
@@ -144,13 +146,13 @@ def test_kvm_probe_compares_kvm_with_tcg_and_remembers(monkeypatch, tmp_path, kv
         assert len(sector) == 512 and sector[510:] == b"\x55\xaa"
         return kvm if accel == "kvm" else tcg
 
-    monkeypatch.setattr(providers, "_boot_guest", boot)
-    assert providers.kvm_probe()[0] is usable
+    monkeypatch.setattr(kvm_module, "_boot_guest", boot)
+    assert kvm_module.kvm_probe()[0] is usable
     assert calls == ["kvm", "tcg"]
-    assert providers.kvm_probe()[0] is usable  # remembered: no second boot
+    assert kvm_module.kvm_probe()[0] is usable  # remembered: no second boot
     assert calls == ["kvm", "tcg"]
     facts = json.loads((tmp_path / "cache" / "host-facts.json").read_text())
     assert facts["kvm"]["usable"] is usable
     seen = []
-    assert providers.libvirt_driver(seen.append) == ("kvm" if usable else "qemu")
-    assert seen and seen[0].startswith("libvirt driver")
+    assert libvirt.domain_type(seen.append) == ("kvm" if usable else "qemu")
+    assert seen and seen[0].startswith("libvirt domain type")

@@ -1,4 +1,4 @@
-"""`vagrant ssh-config` output → SshConfig per machine (no Vagrant run)."""
+"""`vagrant ssh-config` output → SshConfig per machine (paramiko's SSHConfig; no Vagrant run)."""
 from __future__ import annotations
 
 import glob
@@ -47,7 +47,7 @@ Host db
 
 def test_two_machines():
     configs = parse_ssh_config(TWO_MACHINES)
-    assert list(configs) == ["web", "db"]
+    assert sorted(configs) == ["db", "web"]
     assert configs["web"] == SshConfig(
         host="127.0.0.1",
         port=2222,

@@ -59,7 +59,7 @@ def leftovers(lab: str) -> dict:
 def clean_start(env, lab: str, labs_dir: Path | None = None):
     """Tolerate what an interrupted run left: destroy through vmdock, then by label."""
     extra = ["--labs-dir", str(labs_dir)] if labs_dir else []
-    vmdock(env, *extra, "destroy", lab, "--keep-image", check=False)
+    vmdock(env, *extra, "destroy", lab, check=False)
     ids = docker_lines("ps", "-aq", "--filter", f"label=vmdock.lab={lab}")
     if ids:
         subprocess.run(["docker", "rm", "-f", "-v", *ids], check=True, capture_output=True)
@@ -107,7 +107,7 @@ def test_resume_after_failed_step(env, tmp_path):
         broken = [c for c in report["checks"] if not c["passed"]]
         assert len(broken) == 1 and "'repaired'" in broken[0]["expected"] and "fixed" in broken[0]["seen"]
     finally:
-        vmdock(env, *args, "destroy", "resume-lab", "--keep-image", check=False)
+        vmdock(env, *args, "destroy", "resume-lab", check=False)
     assert leftovers("resume-lab")["containers"] == []
 
 

@@ -98,9 +98,9 @@ def test_forwarded_ports_in_the_chapters_range(name):
 def test_renders_for_every_provider(name, provider):
     loaded = resolve(name)
     opts = (
-        RenderOptions(provider="docker", machine_image="vmdock/machine:test", create_args=("--privileged",))
+        RenderOptions("docker", {"machine_image": "vmdock/machine:test", "create_args": ["--privileged"]})
         if provider == "docker"
-        else RenderOptions(provider=provider, libvirt_driver="qemu")
+        else RenderOptions(provider, {"domain_type": "qemu"})
     )
     text = render(loaded, opts)
     assert len(re.findall(r"\bconfig\.vm\.define\b", text)) == len(loaded.lab.machines)

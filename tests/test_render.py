@@ -232,8 +232,12 @@ def make_lab_folder(folder: Path, data: dict) -> LoadedLab:
     return load_lab(folder)
 
 
-def docker_opts(**kw) -> render.RenderOptions:
-    return render.RenderOptions(provider="docker", machine_image=kw.pop("image", "vmdock/fake-machine:test"), **kw)
+def docker_opts(image: str = "vmdock/fake-machine:test", create_args=()) -> render.RenderOptions:
+    return render.RenderOptions("docker", {"machine_image": image, "create_args": list(create_args)})
+
+
+def libvirt_opts(domain_type: str = "qemu") -> render.RenderOptions:
+    return render.RenderOptions("libvirt", {"domain_type": domain_type})
 
 
 # -- ruby(): Python values as Ruby literals ------------------------------------------------
@@ -400,7 +404,7 @@ def test_docker_render_of_fixture_lab(tmp_path, alpha):
 @pytest.mark.parametrize("provider", ["virtualbox", "libvirt"])
 def test_vm_render_of_fixture_lab(tmp_path, alpha, provider, monkeypatch):
     monkeypatch.delenv("VMDOCK_BOX_URL_DEBIAN12", raising=False)
-    text = render.render(alpha, render.RenderOptions(provider=provider, libvirt_driver="qemu"))
+    text = render.render(alpha, render.RenderOptions(provider, {"domain_type": "qemu"}))
     rec = run_vagrantfile(tmp_path, text)
     box = render.boxes_catalog()["debian12"][provider]
     for name, cpus, memory in (("web", 1, 512), ("db", 2, 1024)):
@@ -435,7 +439,7 @@ def test_hostile_host_ip_through_the_loader(tmp_path):
     }
     lab = make_lab_folder(tmp_path / "labs" / "ch91-hostile", data)
     assert [p.host_ip for p in lab.lab.machines[0].forwarded_ports] == HOSTILE  # YAML kept them too
-    for provider, opts in (("docker", docker_opts()), ("virtualbox", render.RenderOptions(provider="virtualbox"))):
+    for provider, opts in (("docker", docker_opts()), ("virtualbox", render.RenderOptions("virtualbox"))):
         rec = run_vagrantfile(tmp_path / provider, render.render(lab, opts))
         forwards = [kw for args, kw in rec.node_calls("web", "network") if args == ["forwarded_port"]]
         assert [kw["host_ip"] for kw in forwards] == HOSTILE, provider
@@ -477,7 +481,7 @@ def _render_hostile_names(tmp_path: Path, strings: list[str]) -> None:
         assert d["name"] == f"vmdock-{evil_name}-{m.name}"
         assert d["create_args"] == [*HOSTILE, "--label", f"vmdock.lab={evil_name}", "--label", f"vmdock.machine={m.name}"]
     # the libvirt branch carries the driver and the prefix
-    rec = run_vagrantfile(tmp_path / "lv", render.render(loaded(lab, tmp_path), render.RenderOptions(provider="libvirt", libvirt_driver=HOSTILE[1])))
+    rec = run_vagrantfile(tmp_path / "lv", render.render(loaded(lab, tmp_path), libvirt_opts(HOSTILE[1])))
     p = rec.provider(names[0], "libvirt")
     assert p["driver"] == HOSTILE[1] and p["default_prefix"] == f"vmdock-{evil_name}-"
 
@@ -488,7 +492,7 @@ def test_hostile_box_url_from_the_environment(tmp_path, alpha, monkeypatch, prov
     url = "file:///boxes/" + "|".join(h for h in HOSTILE if "\x00" not in h)  # no NUL in an environment
     for i, s in enumerate((url, url + "/latin1-\udce9\udcff")):  # os.environ holds non-UTF-8 bytes so
         monkeypatch.setenv("VMDOCK_BOX_URL_DEBIAN12", s)
-        rec = run_vagrantfile(tmp_path / str(i), render.render(alpha, render.RenderOptions(provider=provider)))
+        rec = run_vagrantfile(tmp_path / str(i), render.render(alpha, render.RenderOptions(provider, {"domain_type": "kvm"})))
         assert rec.node("web", "box_url") == s
         assert rec.node("db", "box_url") == s
 
@@ -581,18 +585,20 @@ def test_real_vagrant_validates_a_hostile_docker_render(tmp_path, vagrant_valida
 
 def test_unknown_provider_and_missing_image(alpha):
     with pytest.raises(ConfigError, match="unknown provider 'vmware'"):
-        render.render(alpha, render.RenderOptions(provider="vmware"))
+        render.render(alpha, render.RenderOptions("vmware"))
     with pytest.raises(ConfigError, match="needs a machine image"):
-        render.render(alpha, render.RenderOptions(provider="docker"))
+        render.render(alpha, render.RenderOptions("docker"))
+    with pytest.raises(ConfigError, match="needs a domain type"):
+        render.render(alpha, render.RenderOptions("libvirt"))
 
 
 def test_unknown_box_and_missing_provider_version(alpha, monkeypatch):
     monkeypatch.setattr(render, "boxes_catalog", lambda: {"debian12": {"virtualbox": "debian/bookworm64"}})
     with pytest.raises(LabError, match=r"machines\[0\]\.box: box 'debian12' has no libvirt version"):
-        render.render(alpha, render.RenderOptions(provider="libvirt"))
+        render.render(alpha, libvirt_opts())
     monkeypatch.setattr(render, "boxes_catalog", lambda: {"other": {}})
     with pytest.raises(LabError, match=r"lab\.yaml: machines\[0\]\.box: unknown box 'debian12' \(boxes: other\)"):
-        render.render(alpha, render.RenderOptions(provider="virtualbox"))
+        render.render(alpha, render.RenderOptions("virtualbox"))
     # the docker provider builds its own machine image: no box needed
     render.render(alpha, docker_opts())
 

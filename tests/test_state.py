@@ -14,6 +14,7 @@ import pytest
 
 from vmdock import provision, render
 from vmdock.errors import BusyError, StateError
+from vmdock.lifecycle import Phase, actions
 from vmdock.loader import load_lab
 from vmdock.provision import Context, build_plan
 from vmdock.runlog import Log
@@ -95,12 +96,47 @@ def test_is_done_and_mark_done(state_path):
 
 def test_last_good_step_follows_the_plan_order(state_path):
     st = LabState(path=state_path, lab="x")
-    order = ["a", "b", "c"]
-    assert st.last_good_step(order) is None
-    st.steps = {"a": {}, "c": {}}
-    assert st.last_good_step(order) == "a"
-    st.steps["b"] = {}
-    assert st.last_good_step(order) == "c"
+    # step10 sorts before step9 as text: the plan's own order must survive a save
+    st.plan = ["web:files", "step9:web", "step10:web"]
+    assert st.last_good_step() is None
+    st.steps = {"web:files": {}, "step10:web": {}}
+    assert st.last_good_step() == "web:files"
+    st.steps["step9:web"] = {}
+    st.save()
+    again = LabState.load(state_path, "x")
+    assert again.plan == ["web:files", "step9:web", "step10:web"]
+    assert again.last_good_step() == "step10:web"
+
+
+def test_phase_moves_follow_the_table(state_path):
+    st = LabState(path=state_path, lab="x")
+    with pytest.raises(StateError, match="from new to provisioned"):
+        st.move(Phase.PROVISIONED)
+    for phase in (Phase.RENDERED, Phase.BOOTED, Phase.PROVISIONED, Phase.HALTED, Phase.BOOTED, Phase.DESTROYED):
+        st.move(phase)
+    assert st.phase is Phase.DESTROYED
+    st.save()
+    assert LabState.load(state_path, "x").phase is Phase.DESTROYED
+    state_path.write_text(state_path.read_text().replace('"destroyed"', '"exploded"'))
+    with pytest.raises(StateError, match="unknown phase 'exploded'"):
+        LabState.load(state_path, "x")
+
+
+@pytest.mark.parametrize(
+    "last, desired, expected",
+    [
+        (Phase.NEW, Phase.PROVISIONED, ["render", "boot", "provision"]),
+        (Phase.DESTROYED, Phase.PROVISIONED, ["render", "boot", "provision"]),
+        (Phase.HALTED, Phase.PROVISIONED, ["boot", "provision"]),
+        (Phase.FAILED, Phase.PROVISIONED, ["boot", "provision"]),
+        (Phase.BOOTED, Phase.PROVISIONED, ["provision"]),
+        (Phase.PROVISIONED, Phase.PROVISIONED, []),
+        (Phase.PROVISIONED, Phase.RENDERED, []),
+        (Phase.NEW, Phase.RENDERED, ["render"]),
+    ],
+)
+def test_actions_from_last_to_desired(last, desired, expected):
+    assert actions(last, desired) == expected
 
 
 def test_save_round_trip_is_atomic_and_private(state_path):

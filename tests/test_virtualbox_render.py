@@ -59,7 +59,7 @@ def validated(tmp_path_factory):
                     results[(folder.name, provider)] = (f"the lab does not load: {exc}", None)
                 continue
             for provider in PROVIDERS:
-                text = render(loaded, RenderOptions(provider=provider, libvirt_driver="qemu"))
+                text = render(loaded, RenderOptions(provider, {"domain_type": "qemu"}))
                 where = root / f"{folder.name}-{provider}"
                 where.mkdir()
                 (where / "Vagrantfile").write_text(text, encoding="utf-8")

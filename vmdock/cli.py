@@ -26,7 +26,8 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import __version__, providers
+from . import __version__
+from .providers import NAMES as PROVIDER_NAMES
 from .errors import ConfigError, VmdockError
 from .events import Events
 from .loader import discover, resolve
@@ -101,13 +102,13 @@ class RichEvents(Events):
     def info(self, message):
         self.progress.console.print(f"[cyan]•[/] {escape(message)}")
 
-    def phase(self, name):
+    def task(self, name):
         with self._lock:
-            self.tasks[("phase", name)] = self.progress.add_task(f"[bold]{escape(name)}[/]", total=None)
+            self.tasks[("task", name)] = self.progress.add_task(f"[bold]{escape(name)}[/]", total=None)
 
-    def phase_done(self, name, seconds):
+    def task_done(self, name, seconds):
         with self._lock:
-            task = self.tasks.pop(("phase", name), None)
+            task = self.tasks.pop(("task", name), None)
         if task is not None:
             self.progress.remove_task(task)
         self.progress.console.print(f"[green]✓[/] {escape(name)} [dim]{seconds:.1f}s[/]")
@@ -155,12 +156,12 @@ def _engine(events: Events | None = None, provider: Optional[str] = None, **sett
 @app.command("list")
 def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """Every lab: name, chapter, title, machines, offline-capable, state."""
-    from .engine import Lab
+    from .engine import LabHome
 
     labs, problems = discover(OPTS.labs_dirs)
     rows = []
     for l in labs:
-        state = Lab(l).state()
+        state = LabHome(l).state()
         rows.append(
             {
                 "name": l.name,
@@ -169,7 +170,7 @@ def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readab
                 "title_en": l.lab.title_en,
                 "machines": [m.name for m in l.lab.machines],
                 "offline": l.lab.offline,
-                "state": state.phase if state.phase != "destroyed" else "new",
+                "state": state.phase.value if state.phase != "destroyed" else "new",
                 "folder": str(l.folder),
             }
         )
@@ -260,7 +261,7 @@ def schema():
 @app.command()
 def render(
     lab: str = LabArg,
-    provider: Optional[str] = typer.Option(None, "--provider", help="virtualbox, libvirt or docker (also VMDOCK_PROVIDER)"),
+    provider: Optional[str] = typer.Option(None, "--provider", help=f"{', '.join(PROVIDER_NAMES)} (also VMDOCK_PROVIDER)"),
 ):
     """Write the lab's Vagrantfile only, and print its path."""
     events = RichEvents(OPTS.verbose)
@@ -272,7 +273,7 @@ def render(
 @app.command()
 def up(
     lab: str = LabArg,
-    provider: Optional[str] = typer.Option(None, "--provider", help="virtualbox, libvirt or docker (also VMDOCK_PROVIDER)"),
+    provider: Optional[str] = typer.Option(None, "--provider", help=f"{', '.join(PROVIDER_NAMES)} (also VMDOCK_PROVIDER)"),
     images_dir: Optional[Path] = typer.Option(
         None, "--images-dir", help="folder of `docker save` tarballs for labs that need images (also VMDOCK_IMAGES_DIR)"
     ),
@@ -333,9 +334,10 @@ def verify(
 def status(
     lab: Optional[str] = typer.Argument(None, help="one lab (default: every lab with state)"),
     as_json: bool = typer.Option(False, "--json"),
+    refresh: bool = typer.Option(False, "--refresh", help="ask Vagrant (slow), not the provider"),
 ):
     """Machines, provider, state and last good step."""
-    rows = _engine().status(lab)
+    rows = _engine().status(lab, refresh=refresh)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
         return
@@ -370,15 +372,28 @@ def halt(lab: str = LabArg):
 
 
 @app.command()
-def destroy(
-    lab: str = LabArg,
-    keep_image: bool = typer.Option(False, "--keep-image", help="keep the docker-provider machine image for the next lab"),
-):
-    """Destroy the machines and everything vmdock made for them."""
+def destroy(lab: str = LabArg):
+    """Destroy the machines and everything vmdock made for them (shared images stay: `vmdock prune`)."""
     events = RichEvents(OPTS.verbose)
     with events:
-        removed = _engine(events).destroy(lab, keep_image=keep_image)
+        removed = _engine(events).destroy(lab)
     console.print(f"{lab}: destroyed" + (f" ({', '.join(removed)})" if removed else " (nothing was up)"))
+
+
+@app.command()
+def prune(
+    everything: bool = typer.Option(False, "--all", help="the current machine image too"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Remove the shared images (machine images) that no lab on this host uses; say what is kept and why."""
+    rows = _engine().prune(everything)
+    if as_json:
+        sys.stdout.write(json.dumps([{"image": r.image, "removed": r.removed, "why": r.why} for r in rows], indent=2) + "\n")
+        return
+    for r in rows:
+        console.print(("removed " if r.removed else "kept ") + r.image + f": {r.why}", markup=False, highlight=False)
+    if not rows:
+        console.print("no vmdock image on this host")
 
 
 @app.command()
@@ -421,12 +436,12 @@ def box_build(
     log = Log(paths.cache_dir() / "boxes" / "build.log")
     start = time.monotonic()
     with events:
-        events.phase(f"box build ({provider})")
+        events.task(f"box build ({provider})")
         made = boxes.build(
             log, provider=provider, box=box, mirror=Settings.from_env().apt_mirror, force=force,
             on_line=lambda line: events.line("box", line), on_info=events.info,
         )
-        events.phase_done(f"box build ({provider})", time.monotonic() - start)
+        events.task_done(f"box build ({provider})", time.monotonic() - start)
     console.print(f"[green]{escape(made)}[/] ready ({time.monotonic() - start:.0f}s); log: {escape(str(log.path))}")
 
 

@@ -6,6 +6,10 @@ import shutil
 import subprocess
 
 from . import paths, providers
+from .providers.base import unix_socket_answers
+from .providers.docker import docker_daemon
+from .providers.kvm import kvm_probe
+from .providers.virtualbox import kvm_holds_vtx
 
 
 def _row(name: str, status: str, detail: str) -> dict:
@@ -26,7 +30,7 @@ def _kvm() -> dict:
     hint = ""
     if st.st_mode & 0o060 == 0:
         hint = f"; {dev} is {mode}: libvirt re-probes qemu on every lookup — `chgrp kvm {dev}; chmod 0660 {dev}` (host-setup.sh --libvirt does)"
-    usable, why = providers.kvm_probe()
+    usable, why = kvm_probe()
     if not usable:
         return _row("KVM", "warn", f"{dev} present ({mode}) but KVM is unusable: {why}; libvirt machines use the qemu driver "
                     f"(TCG, slow){hint}{note}")
@@ -39,9 +43,9 @@ def _libvirt() -> list[dict]:
         return [_row("libvirt", "warn", "not installed (real VMs on Linux: sudo bash scripts/host-setup.sh --libvirt)")]
     rows = []
     fix = "sudo bash scripts/host-setup.sh --libvirt (starts it, with or without systemd)"
-    ok, detail = providers._unix_socket_answers("/var/run/libvirt/libvirt-sock")
+    ok, detail = unix_socket_answers("/var/run/libvirt/libvirt-sock")
     rows.append(_row("libvirtd", "ok" if ok else "fail", "answers" if ok else f"not running ({detail}): {fix}"))
-    log_ok, log_detail = providers._unix_socket_answers("/var/run/libvirt/virtlogd-sock")
+    log_ok, log_detail = unix_socket_answers("/var/run/libvirt/virtlogd-sock")
     rows.append(_row("virtlogd", "ok" if log_ok else "warn",
                      "answers" if log_ok else f"not running ({log_detail}): qemu domains will not start; {fix}"))
     if ok and shutil.which("virsh"):
@@ -70,7 +74,7 @@ def _libvirt() -> list[dict]:
 def _virtualbox_vs_kvm() -> list[dict]:
     if not (shutil.which("VBoxManage") or shutil.which("vboxmanage")):
         return []
-    if os.path.exists("/dev/kvm") and providers._kvm_in_use_by_others():
+    if os.path.exists("/dev/kvm") and kvm_holds_vtx():
         return [_row("VirtualBox vs KVM", "fail",
                      "the kvm_intel/kvm_amd module holds VT-x/AMD-V: VirtualBox cannot start VMs while it is loaded "
                      "(stop libvirt VMs, then `sudo modprobe -r kvm_intel kvm_amd`; or use --provider libvirt)")]
@@ -106,7 +110,7 @@ def run_doctor() -> list[dict]:
             rows.append(_row("vagrant", "fail", f"vagrant --version failed: {exc}"))
     else:
         rows.append(_row("vagrant", "fail", "not found: apt-get install vagrant"))
-    ok, detail = providers.docker_daemon()
+    ok, detail = docker_daemon()
     rows.append(_row("dockerd", "ok" if ok else "warn", detail))
     for probe in providers.probe_all():
         rows.append(_row(f"provider {probe.provider}", "ok" if probe.usable else "fail", probe.reason))
@@ -118,7 +122,7 @@ def run_doctor() -> list[dict]:
         rows.append(_row(tool, "ok" if path else "warn", path or f"not found ({why})"))
     rows += _free()
     try:
-        chosen, why = providers.choose(os.environ.get("VMDOCK_PROVIDER") or None, "VMDOCK_PROVIDER")
+        _, why = providers.choose(os.environ.get("VMDOCK_PROVIDER") or None, "VMDOCK_PROVIDER")
         rows.append(_row("provider chosen", "ok", why))
     except Exception as exc:  # reported, not raised: doctor explains
         rows.append(_row("provider chosen", "fail", str(exc)))

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
-import vagrant as pyvagrant
 
 from .errors import CommandError, tail
 from .runlog import Log
@@ -34,38 +31,30 @@ class SshConfig:
         return {"host": self.host, "port": self.port, "user": self.user, "identity_files": list(self.identity_files)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SshConfig":
+    def from_dict(cls, d: dict) -> SshConfig:
         return cls(d["host"], int(d["port"]), d["user"], tuple(d.get("identity_files", ())))
 
 
 def parse_ssh_config(text: str) -> dict[str, SshConfig]:
-    """Parse `vagrant ssh-config` output (one Host block per machine)."""
-    blocks: dict[str, dict] = {}
-    current = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = re.match(r"(\S+)\s+(.*)$", line)
-        if not m:
-            continue
-        key, value = m.group(1).lower(), m.group(2).strip()
-        if key == "host":
-            current = blocks.setdefault(value, {"identityfile": []})
-        elif current is not None:
-            if key == "identityfile":
-                current["identityfile"].append(value.strip('"'))
-            else:
-                current[key] = value.strip('"')
+    """Parse `vagrant ssh-config` output (one Host block per machine) with paramiko's SSHConfig.
+
+    A Host block without a HostName (or a pattern such as ``*``) names no machine.
+    """
+    from paramiko import SSHConfig  # paramiko is heavy: only for `up`
+
+    config = SSHConfig.from_text(text.replace("\r\n", "\n"))
     out = {}
-    for name, b in blocks.items():
-        if "hostname" not in b:
+    for name in sorted(config.get_hostnames()):
+        if any(c in name for c in "*?!"):
+            continue
+        entry = config.lookup(name)
+        if entry.get("hostname", name) == name:  # paramiko fills in the alias when HostName is missing
             continue
         out[name] = SshConfig(
-            host=b["hostname"],
-            port=int(b.get("port", 22)),
-            user=b.get("user", "vagrant"),
-            identity_files=tuple(b["identityfile"]),
+            host=entry["hostname"],
+            port=int(entry.get("port", 22)),
+            user=entry.get("user", "vagrant"),
+            identity_files=tuple(entry.get("identityfile", ())),
         )
     return out
 
@@ -97,6 +86,8 @@ class VagrantDriver:
         self.provider = provider
         self.on_line = on_line
         self._stderr_path: str | None = None
+        import vagrant as pyvagrant  # python-vagrant; imported where Vagrant is really run
+
         self._v = pyvagrant.Vagrant(
             root=str(self.root),
             env=vagrant_env(provider),
@@ -205,14 +196,11 @@ class VagrantDriver:
             )
         return configs
 
-    def validate(self) -> None:
-        self._call("validate", self._v._run_vagrant_command, ["validate"])
 
-    def machine_id(self, machine: str) -> str | None:
-        """The provider's id of a machine (container id, domain uuid), from Vagrant's own files."""
-        base = self.root / ".vagrant" / "machines" / machine
-        for f in base.glob("*/id"):
-            text = f.read_text().strip()
-            if text:
-                return text
-        return None
+def machine_id(root: Path, machine: str) -> str | None:
+    """The provider's id of a machine (container id, domain uuid), from Vagrant's own files."""
+    for f in (Path(root) / ".vagrant" / "machines" / machine).glob("*/id"):
+        text = f.read_text().strip()
+        if text:
+            return text
+    return None

@@ -1,30 +1,37 @@
 """The lab lifecycle: render → vagrant up → provision → verify → destroy.
 
 Pure orchestration over the modules of each step; reports progress through
-``Events`` and raises ``VmdockError``s.  Never prints, never exits.
+``Events`` and raises ``VmdockError``s.  Never prints, never exits.  What
+differs between providers is asked of the provider (``vmdock.providers``);
+where a lab stands is its ``lifecycle.Phase``.
+
+Heavy modules (Fabric, python-vagrant, Jinja) are imported where they are
+used, so `vmdock list` and `vmdock status` stay quick.
 """
 from __future__ import annotations
 
-import json
-import shlex
 import shutil
-import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from . import images, needs, paths, providers
-from .driver import SshConfig, VagrantDriver
+from . import paths, providers
+from .driver import machine_id
 from .errors import CommandError, StateError, VmdockError
 from .events import Events
+from .lifecycle import Phase
 from .loader import LoadedLab, resolve
-from .provision import Context, build_plan, run_plan
-from .render import RenderOptions, container_name, machine_ips, render, write_atomic
-from .runlog import Log, run
+from .providers import NOT_CREATED, RUNNING, Provider
+from .runlog import Log
 from .settings import Settings
 from .state import LabState, lab_lock
-from .transport import Transport
-from .verify import CheckResult, run_checks
+
+if TYPE_CHECKING:
+    from .provision import Context
+    from .transport import Transport
+    from .verify import CheckResult
 
 
 @dataclass
@@ -36,7 +43,7 @@ class UpResult:
     seconds: float
 
 
-class Lab:
+class LabHome:
     """One lab's runtime folder: Vagrantfile, .vagrant/, state.json, vmdock.log."""
 
     def __init__(self, loaded: LoadedLab):
@@ -49,177 +56,251 @@ class Lab:
     def state(self) -> LabState:
         return LabState.load(self.home / "state.json", self.name)
 
+    @property
+    def machine_names(self) -> list[str]:
+        return [m.name for m in self.loaded.lab.machines]
+
+
+def _vagrant_driver(root: Path, log: Log, *, lab: str, provider: str, on_line=None):
+    from .driver import VagrantDriver
+
+    return VagrantDriver(root, log, lab=lab, provider=provider, on_line=on_line)
+
+
+def _ssh_transport(machine: str, ssh, log: Log, **kw) -> Transport:
+    from .transport import Transport
+
+    return Transport(machine, ssh, log, **kw)
+
 
 class Engine:
-    def __init__(self, settings: Settings | None = None, events: Events | None = None, labs_dirs=None):
+    """``provider``, ``driver_factory`` and ``transport_factory`` replace the real ones in unit tests."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        events: Events | None = None,
+        labs_dirs=None,
+        *,
+        provider: Provider | None = None,
+        driver_factory: Callable[..., Any] = _vagrant_driver,
+        transport_factory: Callable[..., Any] = _ssh_transport,
+    ):
         self.settings = settings or Settings.from_env()
         self.events = events or Events()
         self.labs_dirs = labs_dirs
+        self._forced_provider = provider
+        self._driver_factory = driver_factory
+        self._transport_factory = transport_factory
 
     # -- naming ------------------------------------------------------------
-    def lab(self, name: str) -> Lab:
-        return Lab(resolve(name, self.labs_dirs))
+    def lab(self, name: str) -> LabHome:
+        return LabHome(resolve(name, self.labs_dirs))
+
+    def _driver(self, home: LabHome, provider: str):
+        return self._driver_factory(
+            home.home, home.log, lab=home.name, provider=provider, on_line=lambda line: self.events.line("vagrant", line)
+        )
 
     # -- render ---------------------------------------------------------------
-    def _provider(self, lab: Lab, state: LabState) -> str:
+    def _provider(self, home: LabHome, state: LabState) -> Provider:
+        if self._forced_provider is not None:
+            return self._forced_provider
         requested = self.settings.provider
         if state.provider and state.machines:
             if requested and requested != state.provider:
                 raise StateError(
                     f"the lab is up with the {state.provider} provider, not {requested}",
-                    lab=lab.name,
-                    hint=f"`vmdock destroy {lab.name}` first to change provider",
+                    lab=home.name,
+                    hint=f"`vmdock destroy {home.name}` first to change provider",
                 )
-            return state.provider
-        provider, why = providers.choose(requested, "--provider/VMDOCK_PROVIDER")
+            return providers.get(state.provider, self.settings.apt_mirror)
+        provider, why = providers.choose(requested, "--provider/VMDOCK_PROVIDER", self.settings.apt_mirror)
         self.events.info(f"provider: {why}")
         return provider
 
-    def _render_options(self, lab: Lab, provider: str) -> RenderOptions:
-        if provider != "docker":
-            return RenderOptions(provider=provider, **({"libvirt_driver": self._libvirt_driver()} if provider == "libvirt" else {}))
-        self._phase("machine image")
-        start = time.monotonic()
-        image = images.ensure_machine_image(lab.log, mirror=self.settings.apt_mirror, on_line=self._line("image"))
-        args = images.machine_create_args(lab.log)
-        self.events.phase_done("machine image", time.monotonic() - start)
-        return RenderOptions(provider="docker", machine_image=image, create_args=tuple(args))
+    def _vagrantfile(self, home: LabHome, provider: Provider, *, build: bool) -> str:
+        from .render import RenderOptions, render
 
-    def _libvirt_driver(self) -> str:
-        return providers.libvirt_driver(on_info=self.events.info)
+        values = provider.render_options(home.loaded, home.log, self.events, build=build)
+        return render(home.loaded, RenderOptions(provider.name, values))
 
     def render(self, name: str) -> Path:
-        lab = self.lab(name)
-        with lab_lock(lab.home, lab.name, "render"):
-            state = lab.state()
-            provider = self._provider(lab, state)
-            text = render(lab.loaded, self._render_options(lab, provider))
-            write_atomic(lab.vagrantfile, text)
-        return lab.vagrantfile
+        """Write the Vagrantfile; never builds anything (the machine image is built by `up`)."""
+        from .render import write_atomic
+
+        home = self.lab(name)
+        with lab_lock(home.home, home.name, "render"):
+            state = home.state()
+            provider = self._provider(home, state)
+            write_atomic(home.vagrantfile, self._vagrantfile(home, provider, build=False))
+        return home.vagrantfile
 
     # -- up ---------------------------------------------------------------------
     def up(self, name: str) -> UpResult:
-        lab = self.lab(name)
+        from . import needs
+
+        home = self.lab(name)
         start = time.monotonic()
         # containerlab's rule: find out what is missing before creating anything (no state, no lock file)
-        image_tarballs = needs.check(lab.loaded.lab, self.settings, loaded=lab.state().images)
-        with lab_lock(lab.home, lab.name, "up"):
-            state = lab.state()
-            lab.log.event(f"=== vmdock up {lab.name} ===")
+        image_tarballs = needs.check(home.loaded.lab, self.settings, loaded=home.state().images)
+        with lab_lock(home.home, home.name, "up"):
+            state = home.state()
+            home.log.event(f"=== vmdock up {home.name} ===")
             try:
-                return self._up(lab, state, start, image_tarballs)
+                return self._up(home, state, start, image_tarballs)
             except VmdockError as exc:
-                exc.with_context(lab=lab.name, log=lab.log.path)
-                state.last_error = {
+                exc.with_context(lab=home.name, log=home.log.path)
+                self._failed(home, state, {
                     "message": exc.message,
                     "machine": exc.machine,
                     "step": exc.step,
                     "command": exc.command,
                     "exit_code": exc.exit_code,
                     "stderr_tail": exc.stderr_tail,
-                }
-                state.phase = "failed"
-                state.save()
-                lab.log.event(f"failed: {exc}")
+                })
                 raise
             except KeyboardInterrupt:
-                state.last_error = {"message": "interrupted (Ctrl-C)"}
-                state.phase = "failed"
-                state.save()
-                lab.log.event("interrupted")
+                self._failed(home, state, {"message": "interrupted (Ctrl-C)"})
                 raise
 
-    def _up(self, lab: Lab, state: LabState, start: float, image_tarballs: dict) -> UpResult:
-        provider = self._provider(lab, state)
-        text = render(lab.loaded, self._render_options(lab, provider))
-        changed = write_atomic(lab.vagrantfile, text)
-        state.provider = provider
-        state.lab_folder = str(lab.loaded.folder)
-        if state.phase in ("new", "destroyed"):
-            state.phase = "rendered"
+    @staticmethod
+    def _failed(home: LabHome, state: LabState, error: dict) -> None:
+        state.last_error = error
+        state.move(Phase.FAILED)
+        state.save()
+        home.log.event(f"failed: {error['message']}")
+
+    def _up(self, home: LabHome, state: LabState, start: float, image_tarballs: dict) -> UpResult:
+        from .render import write_atomic
+
+        provider = self._provider(home, state)
+        changed = write_atomic(home.vagrantfile, self._vagrantfile(home, provider, build=True))
+        state.provider = provider.name
+        state.lab_folder = str(home.loaded.folder)
+        if state.phase in (Phase.NEW, Phase.DESTROYED):
+            state.move(Phase.RENDERED)
         state.save()
 
-        driver = VagrantDriver(lab.home, lab.log, lab=lab.name, provider=provider, on_line=self._line("vagrant"))
-        self._phase("machines")
+        self.events.task("machines")
         t0 = time.monotonic()
-        statuses = driver.status()
-        created = [m for m, st in statuses.items() if st != "not_created"]
-        if changed and created and state.machines:
-            # The machines' settings (ports, memory, box, image) changed since they were made.
-            if provider == "docker":  # a container's settings are fixed at creation: make it anew
-                self.events.info(f"machine settings changed: recreating {', '.join(created)} (their steps run again)")
-                driver.destroy()
-                statuses = {m: "not_created" for m in statuses}
-            else:
-                self.events.info(f"machine settings changed: vagrant reload {', '.join(created)}")
-                driver.reload()
-                statuses = driver.status()
-        down = [m for m, s in statuses.items() if s != "running"]
-        if down:
-            self.events.info(f"vagrant up: {', '.join(down)} ({provider})")
-            try:
-                driver.up()
-            except CommandError as exc:
-                if provider != "docker" and not exc.hint:
-                    exc.hint = (
-                        "if Vagrant could not fetch the box (no Vagrant Cloud here?), build one offline with "
-                        "`vmdock box build` (libvirt) or point VMDOCK_BOX_URL_<BOX> at a mirror or a .box file"
-                    )
-                raise
-        ids = {m.name: driver.machine_id(m.name) or "" for m in lab.loaded.lab.machines}
-        known = {m: rec.get("id") for m, rec in state.machines.items()}
-        # A machine that was halted and started again keeps its id but lost its
-        # running daemons: count its boots, so its provisioning runs again.
-        boots = {m: state.machines.get(m, {}).get("boots", 0) for m in ids}
-        for m in down:
-            if m in boots and known.get(m) == ids[m]:
-                boots[m] += 1
-        if down or known != ids or not all("ssh" in rec for rec in state.machines.values()):
+        driver = self._driver(home, provider.name)
+        ids, boots, down = self._boot(home, state, provider, driver, settings_changed=changed)
+        if down or set(state.machines) != set(ids) or any(
+            rec.get("id") != ids[m] or "ssh" not in rec for m, rec in state.machines.items()
+        ):
             configs = driver.ssh_config()
             missing = [m for m in ids if m not in configs]
             if missing:
                 raise CommandError(
-                    f"vagrant ssh-config has no entry for {', '.join(missing)}", lab=lab.name, log=lab.log.path
+                    f"vagrant ssh-config has no entry for {', '.join(missing)}", lab=home.name, log=home.log.path
                 )
             state.machines = {m: {"id": ids[m], "boots": boots[m], "ssh": configs[m].to_dict()} for m in ids}
-        state.phase = "booted" if state.phase != "provisioned" or down else state.phase
+        if state.phase != Phase.PROVISIONED or down:
+            state.move(Phase.BOOTED)
         state.save()
-        self.events.phase_done("machines", time.monotonic() - t0)
+        self.events.task_done("machines", time.monotonic() - t0)
 
-        ctx = self._context(lab, state)
+        ran, total = self._provision(home, state, {m: f"{ids[m]}#{boots[m]}" for m in ids}, image_tarballs)
+        state.move(Phase.PROVISIONED)
+        state.last_error = None
+        state.save()
+        return UpResult(home.name, provider.name, ran, total - ran, time.monotonic() - start)
+
+    def _boot(self, home: LabHome, state: LabState, provider: Provider, driver, *, settings_changed: bool):
+        """Bring every machine up: (machine ids, boot counts, the machines that were down)."""
+        statuses = self.machine_states(home, state, provider, driver)
+        created = [m for m, st in statuses.items() if st != NOT_CREATED]
+        if settings_changed and created and state.machines:
+            # The machines' settings (ports, memory, box, image) changed since they were made.
+            if provider.on_settings_changed == "recreate":
+                self.events.info(f"machine settings changed: recreating {', '.join(created)} (their steps run again)")
+                driver.destroy()
+                statuses = {m: NOT_CREATED for m in statuses}
+            else:
+                self.events.info(f"machine settings changed: vagrant reload {', '.join(created)}")
+                driver.reload()
+                statuses = driver.status()
+        down = [m for m, s in statuses.items() if s != RUNNING]
+        if down:
+            self.events.info(f"vagrant up: {', '.join(down)} ({provider.name})")
+            try:
+                driver.up()
+            except CommandError as exc:
+                if provider.up_hint and not exc.hint:
+                    exc.hint = provider.up_hint
+                raise
+        ids = {m: machine_id(home.home, m) or "" for m in home.machine_names}
+        # A machine that was halted and started again keeps its id but lost its
+        # running daemons: count its boots, so its provisioning runs again.
+        boots = {m: state.machines.get(m, {}).get("boots", 0) for m in ids}
+        for m in down:
+            if m in boots and state.machines.get(m, {}).get("id") == ids[m]:
+                boots[m] += 1
+        return ids, boots, down
+
+    def machine_states(self, home: LabHome, state: LabState, provider: Provider, driver=None, *, refresh=False) -> dict[str, str]:
+        """Machine → Vagrant state: the provider's own answer when it agrees with the state
+        file and with Vagrant's machine folders, else (or with ``refresh``) `vagrant status`."""
+        names = home.machine_names
+        native = None if refresh else provider.native_status(home.name, names, home.log)
+        if native is not None:
+            disagree = [
+                m for m in names
+                if (native[m] != NOT_CREATED) != (m in state.machines)
+                or (native[m] != NOT_CREATED) != bool(machine_id(home.home, m))
+            ]
+            if not disagree:
+                return native
+            home.log.event(f"{provider.name} and the state file disagree on {', '.join(disagree)}: asking Vagrant")
+        driver = driver or self._driver(home, provider.name)
+        return driver.status()
+
+    def _provision(self, home: LabHome, state: LabState, machine_ids: dict[str, str], image_tarballs: dict) -> tuple[int, int]:
+        """Run the plan's items not done yet: (how many ran, how many in the plan)."""
+        from .provision import build_plan, run_plan
+
+        ctx = self._context(home, state)
         ctx.image_tarballs = image_tarballs
-        plan = build_plan(ctx, {m: f"{ids[m]}#{boots[m]}" for m in ids})
-        transports = self._transports(lab, state)
+        plan = build_plan(ctx, machine_ids)
+        state.plan = [item.key for item in plan]
+        state.save()
+        if all(state.is_done(item.key, item.fingerprint) for item in plan):
+            for item in plan:
+                self.events.step_done(item.machine, item.key, item.title, 0.0, skipped=True)
+            return 0, len(plan)
+        transports = self._transports(home, state)
         try:
-            ran = run_plan(ctx, plan, transports, self.events)
+            return run_plan(ctx, plan, transports, self.events), len(plan)
         finally:
             for t in transports.values():
                 t.close()
-        state.phase = "provisioned"
-        state.last_error = None
-        state.save()
-        return UpResult(lab.name, provider, ran, len(plan) - ran, time.monotonic() - start)
 
-    def _context(self, lab: Lab, state: LabState) -> Context:
+    def _context(self, home: LabHome, state: LabState) -> Context:
+        from . import images
+        from .provision import Context
+        from .render import machine_ips
+
         cache = images.rootfs_path()
-        tarball = cache if cache.exists() else None
         return Context(
-            loaded=lab.loaded,
+            loaded=home.loaded,
             state=state,
             settings=self.settings,
-            log=lab.log,
-            ips=machine_ips(lab.loaded),
-            base_tarball=tarball,
+            log=home.log,
+            ips=machine_ips(home.loaded),
+            base_tarball=cache if cache.exists() else None,
             base_cache=cache,
         )
 
-    def _transports(self, lab: Lab, state: LabState) -> dict[str, Transport]:
+    def _transports(self, home: LabHome, state: LabState) -> dict[str, Transport]:
+        from .driver import SshConfig
+
         return {
-            m: Transport(
+            m: self._transport_factory(
                 m,
                 SshConfig.from_dict(rec["ssh"]),
-                lab.log,
-                lab=lab.name,
+                home.log,
+                lab=home.name,
                 connect_timeout=self.settings.connect_timeout,
                 on_line=lambda machine, line: self.events.line(machine, line),
             )
@@ -227,145 +308,139 @@ class Engine:
         }
 
     # -- verify -------------------------------------------------------------
-    def verify(self, name: str, only: list[str] | None = None) -> tuple[Lab, list[CheckResult]]:
-        lab = self.lab(name)
-        state = lab.state()
-        if state.phase != "provisioned" or not state.machines:
+    def verify(self, name: str, only: list[str] | None = None) -> tuple[LabHome, list[CheckResult]]:
+        from .verify import run_checks
+
+        home = self.lab(name)
+        state = home.state()
+        if state.phase != Phase.PROVISIONED or not state.machines:
             raise StateError(
                 f"the lab is not up (state: {state.phase})",
-                lab=lab.name,
-                hint=f"`vmdock up {lab.name}` first" + (f"; last error: {state.last_error['message']}" if state.last_error else ""),
+                lab=home.name,
+                hint=f"`vmdock up {home.name}` first" + (f"; last error: {state.last_error['message']}" if state.last_error else ""),
             )
-        lab.log.event(f"=== vmdock verify {lab.name} ===")
-        ctx = self._context(lab, state)
-        transports = self._transports(lab, state)
+        home.log.event(f"=== vmdock verify {home.name} ===")
+        ctx = self._context(home, state)
+        transports = self._transports(home, state)
         try:
             results = run_checks(ctx, transports, self.events, only)
         finally:
             for t in transports.values():
                 t.close()
         if only and not results:
-            raise StateError(f"no check named {', '.join(only)}", lab=lab.name)
-        return lab, results
+            raise StateError(f"no check named {', '.join(only)}", lab=home.name)
+        return home, results
 
     # -- status / halt / destroy ------------------------------------------------
-    def status(self, name: str | None = None, live: bool = True) -> list[dict]:
+    def status(self, name: str | None = None, live: bool = True, refresh: bool = False) -> list[dict]:
+        """Each lab's state; ``live``: ask the provider how the machines are (``refresh``: ask Vagrant)."""
         from .loader import discover
 
         if name:
-            labs = [self.lab(name)]
+            homes = [self.lab(name)]
         else:
             found, _ = discover(self.labs_dirs)
-            labs = [Lab(l) for l in found if (paths.lab_home(l.name) / "state.json").exists()]
-        out = []
-        for lab in labs:
-            state = lab.state()
-            order = [k for k in state.steps]
-            machines = {}
-            live_states = {}
-            if live and lab.vagrantfile.exists() and state.provider:
-                try:
-                    live_states = VagrantDriver(lab.home, lab.log, lab=lab.name, provider=state.provider).status()
-                except VmdockError as exc:
-                    live_states = {m.name: f"unknown ({exc.message})" for m in lab.loaded.lab.machines}
-            for m in lab.loaded.lab.machines:
-                rec = state.machines.get(m.name, {})
-                ssh = rec.get("ssh")
-                machines[m.name] = {
-                    "state": live_states.get(m.name, "not_created" if not rec else "unknown"),
-                    "ssh": f"{ssh['user']}@{ssh['host']}:{ssh['port']}" if ssh else None,
-                }
-            last = state.last_good_step(order)
-            if last:
-                last = state.steps[last].get("title") or last
-            out.append(
-                {
-                    "lab": lab.name,
-                    "provider": state.provider,
-                    "phase": state.phase,
-                    "machines": machines,
-                    "steps_done": len(state.steps),
-                    "last_good_step": last,
-                    "last_error": state.last_error,
-                    "home": str(lab.home),
-                    "log": str(lab.log.path),
-                }
-            )
-        return out
+            homes = [LabHome(l) for l in found if (paths.lab_home(l.name) / "state.json").exists()]
+        return [self._status_row(home, live, refresh) for home in homes]
+
+    def _status_row(self, home: LabHome, live: bool, refresh: bool) -> dict:
+        state = home.state()
+        live_states: dict[str, str] = {}
+        if live and home.vagrantfile.exists() and state.provider:
+            try:
+                provider = providers.get(state.provider)
+                live_states = self.machine_states(home, state, provider, refresh=refresh)
+            except VmdockError as exc:
+                live_states = {m: f"unknown ({exc.message})" for m in home.machine_names}
+        machines = {}
+        for m in home.machine_names:
+            rec = state.machines.get(m, {})
+            ssh = rec.get("ssh")
+            machines[m] = {
+                "state": live_states.get(m, NOT_CREATED if not rec else "unknown"),
+                "ssh": f"{ssh['user']}@{ssh['host']}:{ssh['port']}" if ssh else None,
+            }
+        last = state.last_good_step()
+        return {
+            "lab": home.name,
+            "provider": state.provider,
+            "phase": state.phase.value,
+            "machines": machines,
+            "steps_done": len(state.steps),
+            "last_good_step": (state.steps[last].get("title") or last) if last else None,
+            "last_error": state.last_error,
+            "home": str(home.home),
+            "log": str(home.log.path),
+        }
 
     def halt(self, name: str) -> None:
-        lab = self.lab(name)
-        with lab_lock(lab.home, lab.name, "halt"):
-            state = lab.state()
-            if not lab.vagrantfile.exists() or not state.provider:
-                raise StateError("the lab has no machines", lab=lab.name)
-            self._phase("halt")
-            VagrantDriver(lab.home, lab.log, lab=lab.name, provider=state.provider).halt()
-            state.phase = "halted"
+        home = self.lab(name)
+        with lab_lock(home.home, home.name, "halt"):
+            state = home.state()
+            if not home.vagrantfile.exists() or not state.provider:
+                raise StateError("the lab has no machines", lab=home.name)
+            self.events.task("halt")
+            t0 = time.monotonic()
+            self._driver(home, state.provider).halt()
+            state.move(Phase.HALTED)
             state.save()
+            self.events.task_done("halt", time.monotonic() - t0)
 
-    def destroy(self, name: str, keep_image: bool = False) -> list[str]:
-        """Destroy the machines and everything vmdock made for them; return what was removed."""
-        lab = self.lab(name)
+    def destroy(self, name: str) -> list[str]:
+        """Destroy the machines and what vmdock made for them; return what was removed.
+
+        Shared images (the docker machine image, lab images) are kept, as Vagrant
+        keeps boxes: `vmdock prune` removes the unused ones.
+        """
+        home = self.lab(name)
         removed: list[str] = []
-        with lab_lock(lab.home, lab.name, "destroy"):
-            state = lab.state()
-            lab.log.event(f"=== vmdock destroy {lab.name} ===")
-            if lab.vagrantfile.exists() and state.provider:
-                self._phase("vagrant destroy")
-                VagrantDriver(lab.home, lab.log, lab=lab.name, provider=state.provider).destroy()
-                removed.append(f"machines ({state.provider})")
-            if state.provider in ("docker", None) and providers.docker_daemon()[0]:
-                removed += self._docker_leftovers(lab, keep_image)
-            for p in (lab.vagrantfile, lab.home / ".vagrant"):
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
+        with lab_lock(home.home, home.name, "destroy"):
+            state = home.state()
+            home.log.event(f"=== vmdock destroy {home.name} ===")
+            if home.vagrantfile.exists() and state.provider:
+                self.events.task("destroy")
+                t0 = time.monotonic()
+                native = providers.get(state.provider).destroy(home.loaded, home.log)
+                if native is None:
+                    self._driver(home, state.provider).destroy()
+                    native = [f"machines ({state.provider})"]
+                removed += native
+                self.events.task_done("destroy", time.monotonic() - t0)
+            # what Vagrant left; with no provider on record, whatever any provider may have left
+            names = [state.provider] if state.provider else list(providers.NAMES)
+            for p in names:
+                removed += providers.get(p).cleanup(home.loaded, home.log)
+            for path in (home.vagrantfile, home.home / ".vagrant"):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
             state.reset()
             state.save()
         return removed
 
-    def _docker_leftovers(self, lab: Lab, keep_image: bool) -> list[str]:
-        """Containers, volumes and networks of this lab that Vagrant left, and unused machine images."""
-        log = lab.log
-        removed = []
-        ids = run(["docker", "ps", "-aq", "--filter", f"label=vmdock.lab={lab.name}"], log).stdout.split()
-        if ids:
-            run(["docker", "rm", "-f", "-v", *ids], log)
-            removed.append(f"{len(ids)} leftover container(s)")
-        from .render import lab_network
-
-        subnet = str(lab_network(lab.loaded.lab.chapter))
-        nets = run(["docker", "network", "ls", "-q", "--filter", f"name=vagrant_network_{subnet}"], log).stdout.split()
-        for net in nets:
-            users = run(["docker", "network", "inspect", "-f", "{{len .Containers}}", net], log, check=False).stdout.strip()
-            if users == "0":
-                run(["docker", "network", "rm", net], log)
-                removed.append(f"network {net[:12]}")
-        # the machine image is shared by every lab's machines: remove it with the last of them
-        if not keep_image and not run(["docker", "ps", "-aq", "--filter", "label=vmdock.lab"], log).stdout.split():
-            removed += [f"image {i}" for i in images.remove_machine_images(log)]
-        return removed
+    def prune(self, everything: bool = False) -> list[providers.Pruned]:
+        """Remove the shared images no lab on this host uses (every provider's); say what was kept, why."""
+        log = Log(paths.vmdock_home() / "prune.log")
+        log.event("=== vmdock prune ===")
+        out: list[providers.Pruned] = []
+        for name in providers.NAMES:
+            out += providers.get(name, self.settings.apt_mirror).prune(log, everything=everything)
+        return out
 
     def ssh_argv(self, name: str, machine: str | None) -> list[str]:
-        lab = self.lab(name)
-        state = lab.state()
+        from .driver import SshConfig
+
+        home = self.lab(name)
+        state = home.state()
         if not state.machines:
-            raise StateError("the lab is not up", lab=lab.name, hint=f"`vmdock up {lab.name}`")
-        machine = machine or lab.loaded.lab.machines[0].name
+            raise StateError("the lab is not up", lab=home.name, hint=f"`vmdock up {home.name}`")
+        machine = machine or home.machine_names[0]
         if machine not in state.machines:
-            raise StateError(f"no machine {machine!r} (machines: {', '.join(state.machines)})", lab=lab.name)
+            raise StateError(f"no machine {machine!r} (machines: {', '.join(state.machines)})", lab=home.name)
         ssh = SshConfig.from_dict(state.machines[machine]["ssh"])
         argv = ["ssh", "-p", str(ssh.port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                 "-o", "LogLevel=ERROR", "-F", "/dev/null"]
         for key in ssh.identity_files:
             argv += ["-i", key]
         return argv + [f"{ssh.user}@{ssh.host}"]
-
-    # -- helpers ------------------------------------------------------------
-    def _phase(self, name: str) -> None:
-        self.events.phase(name)
-
-    def _line(self, source: str):
-        return lambda line: self.events.line(source, line)

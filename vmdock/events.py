@@ -1,7 +1,7 @@
 """What the lower layers tell the CLI while they work (progress, never prints).
 
 The CLI passes a subclass that draws rich progress; tests pass this no-op base
-or a recorder.
+or a recorder.  (A lab's lifecycle phase is another thing: lifecycle.Phase.)
 """
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ class Events:
     def info(self, message: str) -> None:
         """A one-line notice (provider chosen and why, cache hits, …)."""
 
-    def phase(self, name: str) -> None:
-        """A host-side phase begins: 'machine image', 'vagrant up', …"""
+    def task(self, name: str) -> None:
+        """A host-side task begins: 'machine image', 'machines', …"""
 
-    def phase_done(self, name: str, seconds: float) -> None:
+    def task_done(self, name: str, seconds: float) -> None:
         pass
 
     def step_start(self, machine: str, key: str, title: str) -> None:
@@ -38,8 +38,8 @@ class Recorder(Events):
     def info(self, message):
         self.events.append(("info", message))
 
-    def phase(self, name):
-        self.events.append(("phase", name))
+    def task(self, name):
+        self.events.append(("task", name))
 
     def step_start(self, machine, key, title):
         self.events.append(("start", machine, key))

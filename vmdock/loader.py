@@ -75,6 +75,14 @@ _UniqueKeyLoader.add_implicit_resolver(
 )
 
 
+class _FastUniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The same rules over libyaml's parser (10x quicker: `vmdock list` reads every lab)."""
+
+
+_FastUniqueKeyLoader.yaml_constructors = _UniqueKeyLoader.yaml_constructors
+_FastUniqueKeyLoader.yaml_implicit_resolvers = _UniqueKeyLoader.yaml_implicit_resolvers
+
+
 def format_loc(loc: tuple) -> str:
     out = ""
     prev = None
@@ -158,7 +166,10 @@ def load_lab(folder: Path) -> LoadedLab:
     except (OSError, UnicodeDecodeError) as exc:
         raise LabError(f"{shown}: cannot read: {exc}", lab=folder.name) from None
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+        try:
+            raw = yaml.load(text, Loader=_FastUniqueKeyLoader)
+        except yaml.YAMLError:  # the pure-Python parser words its errors better
+            raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

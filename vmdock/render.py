@@ -9,19 +9,21 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jinja2
-import yaml
-
-from . import __version__, boxes, paths
-from .errors import ConfigError, LabError
-from .loader import LoadedLab
+from . import __version__, paths, providers
+from .errors import LabError
 from .ruby import ruby
 
-PROVIDERS = ("virtualbox", "libvirt", "docker")
+if TYPE_CHECKING:
+    import jinja2
+
+    from .loader import LoadedLab
+    from .providers import Provider
+
 # VirtualBox (6.1.28+) allows host-only networks in 192.168.56.0/21 only.
 # Each lab gets a /28 of it by chapter: 13 machines at most (one address is the
 # gateway), no clash between labs.
@@ -41,6 +43,8 @@ def _finalize(value):
 
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
+    import jinja2  # only render needs it: `vmdock list` and `status` stay quick
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(paths.VAGRANTFILE_TEMPLATE.parent)),
         undefined=jinja2.StrictUndefined,
@@ -56,12 +60,14 @@ def _environment() -> jinja2.Environment:
 
 @lru_cache(maxsize=1)
 def boxes_catalog() -> dict:
+    import yaml
+
     with open(paths.BOXES_DIR / "boxes.yaml", encoding="utf-8") as fh:
         return yaml.safe_load(fh)
 
 
 def lab_network(chapter: int) -> ipaddress.IPv4Network:
-    blocks = list(NETWORK_POOL.subnets(new_prefix=LAB_PREFIX))
+    blocks: list[ipaddress.IPv4Network] = list(NETWORK_POOL.subnets(new_prefix=LAB_PREFIX))  # type: ignore[arg-type]
     return blocks[chapter % len(blocks)]
 
 
@@ -80,8 +86,8 @@ def container_name(lab: str, machine: str) -> str:
     return f"vmdock-{lab}-{machine}"
 
 
-def _box(loaded: LoadedLab, machine, provider: str) -> tuple[str | None, str | None]:
-    if provider == "docker":
+def _box(loaded: LoadedLab, machine, provider: Provider) -> tuple[str | None, str | None]:
+    if not provider.uses_boxes:
         return None, None
     entry = boxes_catalog().get(machine.box)
     where = f"{loaded.file}: machines[{loaded.lab.machines.index(machine)}].box"
@@ -89,36 +95,34 @@ def _box(loaded: LoadedLab, machine, provider: str) -> tuple[str | None, str | N
         raise LabError(f"{where}: unknown box {machine.box!r} (boxes: {', '.join(boxes_catalog())})", lab=loaded.name)
     url = os.environ.get("VMDOCK_BOX_URL_" + re.sub(r"[^A-Z0-9]", "_", machine.box.upper()))
     # a box built by `vmdock box build` and registered with Vagrant, unless the URL says otherwise
-    box = (None if url else boxes.own_box(entry, provider)) or entry.get(provider)
+    box = entry.get(provider.name) if url else provider.box(entry)
     if not box:
-        raise LabError(f"{where}: box {machine.box!r} has no {provider} version", lab=loaded.name)
+        raise LabError(f"{where}: box {machine.box!r} has no {provider.name} version", lab=loaded.name)
     return box, url or None
 
 
 @dataclass(frozen=True)
 class RenderOptions:
+    """The provider's name and what its ``render_options`` gave (its template block's values)."""
+
     provider: str
-    machine_image: str | None = None  # docker provider
-    create_args: tuple[str, ...] = ()  # docker provider
-    libvirt_driver: str = "kvm"
+    values: dict = field(default_factory=dict)
 
 
 def render(loaded: LoadedLab, opts: RenderOptions) -> str:
-    if opts.provider not in PROVIDERS:
-        raise ConfigError(f"unknown provider {opts.provider!r} (providers: {', '.join(PROVIDERS)})")
-    if opts.provider == "docker" and not opts.machine_image:
-        raise ConfigError("the docker provider needs a machine image")
+    provider = providers.get(opts.provider)
+    provider.check_options(opts.values)
     lab = loaded.lab
     ips = machine_ips(loaded)
     machines = []
     for m in lab.machines:
-        box, box_url = _box(loaded, m, opts.provider)
+        box, box_url = _box(loaded, m, provider)
         machines.append(
             {
                 "name": m.name,
                 "hostname": m.hostname or f"{lab.name}-{m.name}"[:63].rstrip("-"),
                 # Under emulation a hostname change costs a guest round trip; containers get it free.
-                "set_hostname": opts.provider == "docker" or m.hostname is not None,
+                "set_hostname": provider.default_hostname or m.hostname is not None,
                 "box": box,
                 "box_url": box_url,
                 "ip": ips[m.name],
@@ -127,11 +131,9 @@ def render(loaded: LoadedLab, opts: RenderOptions) -> str:
                 "forwarded_ports": [p.model_dump() for p in m.forwarded_ports],
                 "synced_folder": m.synced_folder,
                 "lab_folder": str(loaded.folder),
-                "image": opts.machine_image,
                 "container": container_name(lab.name, m.name),
                 "prefix": f"vmdock-{lab.name}-",
-                "create_args": list(opts.create_args)
-                + ["--label", f"vmdock.lab={lab.name}", "--label", f"vmdock.machine={m.name}"],
+                "labels": ["--label", f"vmdock.lab={lab.name}", "--label", f"vmdock.machine={m.name}"],
             }
         )
     net = lab_network(lab.chapter)
@@ -139,11 +141,10 @@ def render(loaded: LoadedLab, opts: RenderOptions) -> str:
         version=__version__,
         lab_name=lab.name,
         lab_file=str(loaded.file),
-        provider=opts.provider,
+        provider=provider.name,
         machines=machines,
-        # the docker provider wants a prefix length, VirtualBox and libvirt a dotted mask
-        netmask=net.prefixlen if opts.provider == "docker" else str(net.netmask),
-        libvirt_driver=opts.libvirt_driver,
+        netmask=provider.netmask(net),
+        options=opts.values,
     )
 
 

@@ -60,8 +60,10 @@ class Settings:
         for reg in self.insecure_registries:
             if not _HOSTPORT.match(reg):
                 raise ConfigError(f"VMDOCK_INSECURE_REGISTRIES: {reg!r} is not host[:port]")
-        if self.provider is not None and self.provider not in ("virtualbox", "libvirt", "docker"):
+        from .providers import NAMES
+
+        if self.provider is not None and self.provider not in NAMES:
             raise ConfigError(
-                f"provider {self.provider!r} is not one of virtualbox, libvirt, docker",
+                f"provider {self.provider!r} is not one of {', '.join(NAMES)}",
                 hint="set --provider or VMDOCK_PROVIDER",
             )

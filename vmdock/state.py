@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BusyError, StateError
+from .lifecycle import Phase, advance
 
 STATE_VERSION = 1
 
@@ -36,14 +37,18 @@ class LabState:
     lab_folder: str | None = None
     machines: dict[str, dict] = field(default_factory=dict)  # name → {"id":…, "ssh": {…}}
     steps: dict[str, dict] = field(default_factory=dict)  # key → {"fingerprint", "seconds", "at"}
+    plan: list[str] = field(default_factory=list)  # the step keys of the last plan, in its order
     secrets: dict[str, str] = field(default_factory=dict)
     exports: dict[str, str] = field(default_factory=dict)
     images: list[str] = field(default_factory=list)  # images loaded into the machines from --images-dir
     last_error: dict | None = None
-    phase: str = "new"  # new → rendered → booted → provisioned | failed | destroyed
+    phase: Phase = Phase.NEW  # lifecycle.TRANSITIONS says how it moves
+
+    def __post_init__(self) -> None:
+        self.phase = Phase(self.phase)
 
     @classmethod
-    def load(cls, path: Path, lab: str) -> "LabState":
+    def load(cls, path: Path, lab: str) -> LabState:
         path = Path(path)
         if not path.exists():
             return cls(path=path, lab=lab)
@@ -64,11 +69,12 @@ class LabState:
             lab_folder=data.get("lab_folder"),
             machines=data.get("machines", {}),
             steps=data.get("steps", {}),
+            plan=data.get("plan", []),
             secrets=data.get("secrets", {}),
             exports=data.get("exports", {}),
             images=data.get("images", []),
             last_error=data.get("last_error"),
-            phase=data.get("phase", "new"),
+            phase=_phase(data.get("phase"), path, lab),
         )
 
     def to_dict(self) -> dict:
@@ -77,9 +83,10 @@ class LabState:
             "lab": self.lab,
             "provider": self.provider,
             "lab_folder": self.lab_folder,
-            "phase": self.phase,
+            "phase": Phase(self.phase).value,
             "machines": self.machines,
             "steps": self.steps,
+            "plan": self.plan,
             "secrets": self.secrets,
             "exports": self.exports,
             "images": self.images,
@@ -101,20 +108,24 @@ class LabState:
             tmp.unlink(missing_ok=True)
             raise
 
+    def move(self, phase: Phase) -> None:
+        """Go to ``phase`` (lifecycle.TRANSITIONS must allow it); saved with the next save()."""
+        self.phase = advance(self.phase, phase)
+
     # steps ------------------------------------------------------------------
     def is_done(self, key: str, fingerprint: str) -> bool:
         rec = self.steps.get(key)
-        return bool(rec) and rec.get("fingerprint") == fingerprint
+        return rec is not None and rec.get("fingerprint") == fingerprint
 
     def mark_done(self, key: str, fingerprint: str, seconds: float, title: str = "") -> None:
         self.steps[key] = {"fingerprint": fingerprint, "title": title, "seconds": round(seconds, 2), "at": _now()}
         self.last_error = None
         self.save()
 
-    def last_good_step(self, order: list[str]) -> str | None:
-        """The last step of ``order`` that is done (the plan's order)."""
+    def last_good_step(self) -> str | None:
+        """The last step of the plan, in its order, done before the first one not done."""
         done = None
-        for key in order:
+        for key in self.plan:
             if key in self.steps:
                 done = key
             else:
@@ -139,12 +150,20 @@ class LabState:
         """Forget machines and steps (after destroy); keep nothing but the lab's name."""
         self.machines.clear()
         self.steps.clear()
+        self.plan.clear()
         self.exports.clear()
         self.images.clear()
         self.secrets.clear()
         self.last_error = None
         self.provider = None
-        self.phase = "destroyed"
+        self.move(Phase.DESTROYED)
+
+
+def _phase(value, path: Path, lab: str) -> Phase:
+    try:
+        return Phase(value or Phase.NEW)
+    except ValueError:
+        raise StateError(f"state file {path} has an unknown phase {value!r}", lab=lab) from None
 
 
 def fingerprint(previous: str, *parts: str | bytes) -> str:

@@ -1,0 +1,280 @@
+"""The engine's orchestration with a fake provider, a fake Vagrant driver and a fake transport.
+
+Pure logic only (resume, reload, recreate, boot counting, native status
+against Vagrant's): the real thing runs in tests/test_e2e.py.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vmdock.driver import SshConfig
+from vmdock.engine import Engine
+from vmdock.errors import ProvisionError
+from vmdock.events import Recorder
+from vmdock.lifecycle import Phase
+from vmdock.providers import NOT_CREATED, RUNNING
+from vmdock.providers.docker import DockerProvider, prune_verdicts
+from vmdock.providers.libvirt import LibvirtProvider
+from vmdock.settings import Settings
+from vmdock.transport import Result
+
+LAB = {
+    "name": "ch97-engine",
+    "chapter": 97,
+    "title": "engine",
+    "machines": [{"name": "web"}, {"name": "db"}],
+    "steps": [
+        {"name": f"step {i}", "run": f"echo {i}", "on": ["web"]} for i in range(1, 11)
+    ]
+    + [{"name": "on db", "run": "echo db", "on": ["db"]}],
+    "checks": [{"name": "c", "type": "command", "run": "true"}],
+}
+
+
+class World:
+    """What the fakes share: the machines' states, Vagrant calls, commands run."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.machines: dict[str, str] = {}  # machine → Vagrant state
+        self.ids: dict[str, int] = {}
+        self.calls: list[str] = []
+        self.scripts: list[tuple[str, str]] = []  # (machine, script name)
+        self.fail_step: str | None = None
+        self.native_wrong = False
+
+
+class FakeDriver:
+    def __init__(self, world: World, names: list[str], root: Path, provider: str):
+        self.world, self.names, self.root, self.provider = world, names, root, provider
+
+    def _write_id(self, m: str) -> None:
+        self.world.ids[m] = self.world.ids.get(m, 0) + 1
+        f = self.root / ".vagrant" / "machines" / m / self.provider / "id"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(f"{m}-{self.world.ids[m]}")
+
+    def status(self):
+        self.world.calls.append("status")
+        return {m: self.world.machines.get(m, NOT_CREATED) for m in self.names}
+
+    def up(self, machine=None):
+        self.world.calls.append("up")
+        for m in self.names:
+            if self.world.machines.get(m, NOT_CREATED) == NOT_CREATED:
+                self._write_id(m)
+            self.world.machines[m] = RUNNING
+
+    def reload(self, machine=None):
+        self.world.calls.append("reload")
+        for m in self.names:
+            self.world.machines[m] = RUNNING
+
+    def halt(self, machine=None):
+        self.world.calls.append("halt")
+        for m in self.names:
+            self.world.machines[m] = "stopped"
+
+    def destroy(self, machine=None):
+        self.world.calls.append("destroy")
+        self.world.machines.clear()
+        for m in self.names:
+            for f in (self.root / ".vagrant" / "machines" / m).glob("*/id"):
+                f.unlink()
+
+    def ssh_config(self):
+        self.world.calls.append("ssh-config")
+        return {m: SshConfig("127.0.0.1", 2200 + i, "vagrant", ("/key",)) for i, m in enumerate(self.names)}
+
+
+class FakeTransport:
+    def __init__(self, world: World, machine: str):
+        self.world, self.machine = world, machine
+
+    def run_script(self, script, *, name, step=None, **kw):
+        self.world.scripts.append((self.machine, name))
+        if name == self.world.fail_step:
+            raise ProvisionError("failed on purpose", step=step)
+        return Result(0, "", "", 0.0)
+
+    def run(self, cmd, check=True, **kw):
+        return Result(0, "", "", 0.0)  # the base image is present already
+
+    def put_bytes(self, data, remote, mode=0o644):
+        pass
+
+    def put_file(self, local, remote):
+        pass
+
+    def close(self):
+        pass
+
+
+def fake_provider(world: World, base: type):
+    class Fake(base):  # type: ignore[misc, valid-type]
+        def render_options(self, lab, log, events, *, build=True):
+            return {"machine_image": "vmdock/fake:1", "create_args": [], "domain_type": "qemu"}
+
+        def native_status(self, lab, machines, log=None):
+            world.calls.append("native")
+            if world.native_wrong:
+                return {m: RUNNING for m in machines}
+            return {m: world.machines.get(m, NOT_CREATED) for m in machines}
+
+    return Fake()
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("VMDOCK_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("VMDOCK_CACHE", str(tmp_path / "cache"))
+    labs = tmp_path / "labs"
+    folder = labs / LAB["name"]
+    folder.mkdir(parents=True)
+    (folder / "lab.yaml").write_text(yaml.safe_dump(LAB))
+
+    def make(base: type = DockerProvider, lab: dict | None = None):
+        if lab is not None:
+            (folder / "lab.yaml").write_text(yaml.safe_dump(lab))
+        world = World(tmp_path / "home" / "labs" / LAB["name"])
+        names = [m["name"] for m in (lab or LAB)["machines"]]
+        provider = fake_provider(world, base)
+        events = Recorder()
+        engine = Engine(
+            Settings(provider=provider.name),
+            events,
+            [labs],
+            provider=provider,
+            driver_factory=lambda root, log, *, lab, provider, on_line=None: FakeDriver(world, names, root, provider),
+            transport_factory=lambda machine, ssh, log, **kw: FakeTransport(world, machine),
+        )
+        return engine, world, events
+
+    return make
+
+
+def step_names(world: World) -> list[str]:
+    return [name for _, name in world.scripts if name.startswith("step")]
+
+
+def test_first_up_runs_everything_then_a_second_up_asks_only_the_provider(setup):
+    engine, world, _ = setup()
+    result = engine.up("ch97-engine")
+    assert result.ran == result.skipped + result.ran and result.skipped == 0
+    assert step_names(world) == [f"step{i}" for i in range(1, 12)]
+    assert world.calls.count("up") == 1
+    world.calls.clear()
+    world.scripts.clear()
+    again = engine.up("ch97-engine")
+    assert again.ran == 0 and again.skipped == result.ran
+    # the no-op path: the provider's own status, no `vagrant status`, `up` or `ssh-config`
+    assert world.calls == ["native"]
+    assert world.scripts == []
+
+
+def test_status_shows_the_last_good_step_in_plan_order(setup):
+    engine, world, _ = setup()
+    engine.up("ch97-engine")
+    row = engine.status("ch97-engine")[0]
+    assert row["phase"] == "provisioned"
+    assert row["last_good_step"] == "db: on db"  # not step9, however the keys sort
+    assert row["machines"]["web"]["state"] == RUNNING and row["machines"]["web"]["ssh"] == "vagrant@127.0.0.1:2200"
+    world.calls.clear()
+    engine.status("ch97-engine", refresh=True)
+    assert world.calls == ["status"]
+
+
+def test_resume_after_a_failed_step(setup):
+    engine, world, _ = setup()
+    world.fail_step = "step4"
+    with pytest.raises(ProvisionError):
+        engine.up("ch97-engine")
+    state = engine.lab("ch97-engine").state()
+    assert state.phase is Phase.FAILED and state.last_error["step"] == "step 4"
+    row = engine.status("ch97-engine")[0]
+    assert row["last_good_step"] == "web: step 3"
+    world.fail_step = None
+    world.scripts.clear()
+    engine.up("ch97-engine")
+    assert step_names(world) == [f"step{i}" for i in range(4, 12)]
+    assert engine.lab("ch97-engine").state().phase is Phase.PROVISIONED
+
+
+def test_halted_machines_boot_again_and_provision_again(setup):
+    engine, world, _ = setup()
+    engine.up("ch97-engine")
+    engine.halt("ch97-engine")
+    assert engine.lab("ch97-engine").state().phase is Phase.HALTED
+    world.scripts.clear()
+    world.calls.clear()
+    engine.up("ch97-engine")
+    state = engine.lab("ch97-engine").state()
+    assert [state.machines[m]["boots"] for m in ("web", "db")] == [1, 1]
+    assert world.calls.count("up") == 1
+    # same machine, one more boot: its daemons are gone, so every item runs again
+    assert step_names(world) == [f"step{i}" for i in range(1, 12)]
+    assert state.phase is Phase.PROVISIONED
+
+
+def test_changed_settings_recreate_containers(setup):
+    engine, world, events = setup()
+    engine.up("ch97-engine")
+    first_ids = dict(world.ids)
+    changed = dict(LAB, machines=[{"name": "web", "forwarded_ports": [{"guest": 80, "host": 8097}]}, {"name": "db"}])
+    engine, world2, events = setup(lab=changed)
+    world2.machines, world2.ids = world.machines, world.ids
+    engine.up("ch97-engine")
+    assert "destroy" in world2.calls and "reload" not in world2.calls
+    assert all(world2.ids[m] == first_ids[m] + 1 for m in first_ids)  # new containers
+    assert any("recreating" in e[1] for e in events.events if e[0] == "info")
+    assert step_names(world2) == [f"step{i}" for i in range(1, 12)]
+
+
+def test_changed_settings_reload_vms(setup):
+    engine, world, _ = setup(LibvirtProvider)
+    engine.up("ch97-engine")
+    ids = dict(world.ids)
+    changed = dict(LAB, machines=[{"name": "web", "forwarded_ports": [{"guest": 80, "host": 8097}]}, {"name": "db"}])
+    engine, world2, _ = setup(LibvirtProvider, lab=changed)
+    world2.machines, world2.ids = world.machines, world.ids
+    engine.up("ch97-engine")
+    assert "reload" in world2.calls and "destroy" not in world2.calls
+    assert world2.ids == ids  # the same VMs: nothing to run again
+    assert step_names(world2) == []
+
+
+def test_vagrant_is_asked_when_the_provider_disagrees_with_the_state(setup):
+    engine, world, _ = setup()
+    world.native_wrong = True  # says running, but nothing was ever created
+    engine.up("ch97-engine")
+    assert world.calls[:3] == ["native", "status", "up"]
+
+
+def test_destroy_forgets_the_machines(setup, monkeypatch):
+    engine, world, _ = setup()
+    engine.up("ch97-engine")
+    monkeypatch.setattr(DockerProvider, "cleanup", lambda self, lab, log: ["cleaned"])
+    monkeypatch.setattr(DockerProvider, "destroy", lambda self, lab, log: None)  # then Vagrant destroys
+    removed = engine.destroy("ch97-engine")
+    assert removed == ["machines (docker)", "cleaned"] and "destroy" in world.calls
+    state = engine.lab("ch97-engine").state()
+    assert state.phase is Phase.DESTROYED and state.machines == {} and state.plan == []
+    assert not (world.root / "Vagrantfile").exists() and not (world.root / ".vagrant").exists()
+
+
+def test_prune_keeps_what_a_lab_uses_and_the_current_machine_image():
+    rows = [
+        ("sha256:aaa", "vmdock/machine:debian12-old"),
+        ("sha256:bbb", "vmdock/machine:debian12-used"),
+        ("sha256:ccc", "vmdock/machine:debian12-now"),
+        ("sha256:ddd", "<none>:<none>"),
+    ]
+    users = {"sha256:bbb": {"lab ch2-containers (vmdock-ch2-containers-docker)"}}
+    verdicts = dict(prune_verdicts(rows, users, "vmdock/machine:debian12-now"))
+    assert verdicts["vmdock/machine:debian12-old"] is None and verdicts["sha256:ddd"] is None
+    assert verdicts["vmdock/machine:debian12-used"] == "used by lab ch2-containers (vmdock-ch2-containers-docker)"
+    assert "current machine image" in verdicts["vmdock/machine:debian12-now"]
+    assert dict(prune_verdicts(rows, users, None))["vmdock/machine:debian12-now"] is None  # --all

@@ -1,0 +1,164 @@
+"""The provider contract: what vmdock asks of a Vagrant provider.
+
+A provider is one module of this package with one class implementing
+``Provider`` and one line in the registry (``vmdock/providers/__init__.py``),
+plus its block in ``Vagrantfile.j2``.  Nothing else in vmdock names a
+provider: the engine, render, doctor and the CLI ask the registry.
+
+Vagrant's own state names are the lingua franca (``running``, ``stopped``,
+``poweroff``, ``shutoff``, ``not_created``, …): ``native_status`` answers in
+them without running ``vagrant`` (a `vagrant status` costs 1–2 s).
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import subprocess
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from ..errors import ProviderError
+
+if TYPE_CHECKING:
+    from ..events import Events
+    from ..loader import LoadedLab
+    from ..runlog import Log
+
+#: Vagrant's state of a machine that does not exist (every provider uses it).
+NOT_CREATED = "not_created"
+RUNNING = "running"
+
+SettingsChange = Literal["recreate", "reload"]
+
+
+@dataclass(frozen=True)
+class Probe:
+    provider: str
+    usable: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Pruned:
+    image: str
+    removed: bool
+    why: str
+
+
+def unix_socket_answers(path: str, request: bytes | None = None, timeout: float = 2.0) -> tuple[bool, str]:
+    """Whether a daemon answers on a Unix socket: (answers, first line or why not)."""
+    if not os.path.exists(path):
+        return False, f"{path} does not exist"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        if request:
+            s.sendall(request)
+            data = s.recv(256)
+            if not data:
+                return False, f"{path} closed the connection"
+            return True, data.split(b"\r\n", 1)[0].decode("latin-1")
+        return True, "socket answers"
+    except OSError as exc:
+        return False, f"{path}: {exc.strerror or exc}"
+    finally:
+        s.close()
+
+
+def quick_run(argv: list[str], log: Log | None, timeout: float = 30) -> subprocess.CompletedProcess | None:
+    """Run a read-only host command for a status answer; None when it cannot run.
+
+    Logged with its duration when ``log`` is given (runlog's format).
+    """
+    import time
+
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        if log is not None:
+            log.command("host", " ".join(argv), time.monotonic() - start, None)
+        return None
+    if log is not None:
+        log.command("host", " ".join(argv), time.monotonic() - start, proc.returncode)
+    return proc
+
+
+class Provider(ABC):
+    """One Vagrant provider, as vmdock uses it.  Instances hold no state."""
+
+    #: the Vagrant provider's name (``--provider``)
+    name: ClassVar[str]
+    #: what applying changed machine settings takes: a container's settings are
+    #: fixed at creation ("recreate", its steps run again), a VM's are applied
+    #: by ``vagrant reload`` ("reload", it keeps its disk)
+    on_settings_changed: ClassVar[SettingsChange] = "reload"
+    #: whether machines get their hostname set when the lab sets none (free
+    #: for containers; a guest round trip on a VM under emulation)
+    default_hostname: ClassVar[bool] = False
+    #: whether machines boot from a Vagrant box (boxes/boxes.yaml)
+    uses_boxes: ClassVar[bool] = True
+    #: what to say when `vagrant up` fails and the error has no hint
+    up_hint: ClassVar[str | None] = None
+
+    def __init__(self, mirror: str | None = None):
+        self.mirror = mirror  # the apt mirror machine images are built from (docker)
+
+    @abstractmethod
+    def probe(self) -> Probe:
+        """Whether the provider can work on this host, cheaply (no `vagrant` call)."""
+
+    @abstractmethod
+    def render_options(self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True) -> dict:
+        """What ``Vagrantfile.j2``'s block for this provider needs beyond the lab.
+
+        ``build`` false (``vmdock render``): compute, never build anything.
+        """
+
+    def check_options(self, options: dict) -> None:
+        """Refuse options the template cannot render (a ConfigError)."""
+
+    def box(self, entry: dict) -> str | None:
+        """The Vagrant box for a boxes.yaml entry (None: the provider has none)."""
+        from .. import boxes
+
+        return boxes.own_box(entry, self.name) or entry.get(self.name)
+
+    def netmask(self, net: ipaddress.IPv4Network) -> str | int:
+        """The private network's mask as the provider wants it (dotted by default)."""
+        return str(net.netmask)
+
+    @abstractmethod
+    def native_status(self, lab: str, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
+        """Machine → Vagrant state name, asked of the provider itself (no `vagrant`).
+
+        None when the provider cannot tell (its tool is missing or failed):
+        the caller then asks Vagrant.
+        """
+
+    def destroy(self, lab: LoadedLab, log: Log) -> list[str] | None:
+        """Remove the lab's machines without Vagrant, when the provider can do it quicker
+        (say what was removed); None: `vagrant destroy` does it."""
+        return None
+
+    def cleanup(self, lab: LoadedLab, log: Log) -> list[str]:
+        """After `vagrant destroy`: remove what Vagrant leaves of THIS lab; say what."""
+        return []
+
+    def prune(self, log: Log, *, everything: bool = False) -> list[Pruned]:
+        """Remove the shared images of this provider that no lab on this host uses.
+
+        ``everything``: the current machine image too.  Says what it removed and what it kept, and why.
+        """
+        return []
+
+    def capture(self, lab: LoadedLab, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
+        """Save a machine as a lab image named ``tag``; return its id."""
+        raise ProviderError(f"the {self.name} provider cannot capture lab images (not supported yet)")
+
+    def restore(self, lab: LoadedLab, machine: str, tag: str, log: Log) -> None:
+        """Make a machine's first start from a lab image complete (data the image keeps aside)."""
+        raise ProviderError(f"the {self.name} provider cannot start from lab images (not supported yet)")

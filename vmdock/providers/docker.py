@@ -1,0 +1,219 @@
+"""The docker provider: machines are containers running sshd and their own dockerd.
+
+They boot from vmdock's machine image (built offline by ``vmdock.images``),
+not from a Vagrant box.  A container's settings are fixed when it is created,
+so changed machine settings recreate it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import TYPE_CHECKING
+
+from .base import (
+    NOT_CREATED,
+    RUNNING,
+    Probe,
+    Provider,
+    Pruned,
+    quick_run,
+    unix_socket_answers,
+)
+
+if TYPE_CHECKING:
+    from ..events import Events
+    from ..loader import LoadedLab
+    from ..runlog import Log
+
+#: the labels vmdock's Vagrantfile puts on every machine container
+LAB_LABEL = "vmdock.lab"
+MACHINE_LABEL = "vmdock.machine"
+
+
+def docker_daemon() -> tuple[bool, str]:
+    """Whether dockerd answers on $DOCKER_HOST (a Unix socket): (answers, detail)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        return True, f"DOCKER_HOST={host} (not probed)"
+    ok, detail = unix_socket_answers(host[len("unix://"):], b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+    if ok and " 200 " not in detail + " ":
+        return False, f"dockerd answered {detail!r}"
+    return ok, "dockerd answers" if ok else detail
+
+
+def container_states(ps_lines: str) -> dict[str, str]:
+    """``docker ps -a`` lines ``<machine label>\\t<State>`` → machine → Vagrant state."""
+    out: dict[str, str] = {}
+    for line in ps_lines.splitlines():
+        machine, sep, state = line.partition("\t")
+        if not sep or not machine:
+            continue
+        # Vagrant's docker provider: running when `docker ps` lists it, else stopped
+        out[machine] = RUNNING if state.strip() in ("running", "restarting") else "stopped"
+    return out
+
+
+def _cached_create_args() -> list[str]:
+    """The machine's create args from what the host facts remember, building nothing."""
+    from .. import images, paths
+
+    try:
+        facts = json.loads((paths.cache_dir() / images.HOST_FACTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        facts = {}
+    key = os.environ.get("DOCKER_HOST") or os.environ.get("DOCKER_CONTEXT") or "default"
+    known = (facts.get("privileged") or {}).get(key) or {}
+    return list(images.PRIVILEGED_CREATE_ARGS if known.get("allowed") else images.MACHINE_CREATE_ARGS)
+
+
+class DockerProvider(Provider):
+    name = "docker"
+    on_settings_changed = "recreate"
+    default_hostname = True
+    uses_boxes = False
+
+    def probe(self) -> Probe:
+        if not shutil.which("vagrant"):
+            return Probe(self.name, False, "vagrant not found (apt-get install vagrant)")
+        if not shutil.which("docker"):
+            return Probe(self.name, False, "docker client not found (apt-get install docker.io)")
+        ok, detail = docker_daemon()
+        if not ok:
+            return Probe(self.name, False, f"dockerd is not reachable: {detail}")
+        return Probe(self.name, True, "dockerd answers; machines are containers running sshd and their own dockerd")
+
+    def render_options(self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True) -> dict:
+        import time
+
+        from .. import images
+
+        if not build:
+            rootfs = images.rootfs_path()
+            if rootfs.exists():
+                image = images.machine_image_tag(rootfs, images.apt_mirror(self.mirror))
+            else:
+                image = f"{images.MACHINE_IMAGE_REPO}:not-built-yet"
+                events.info(f"the machine image is not built yet: `vmdock up {lab.name}` builds it")
+            return {"machine_image": image, "create_args": _cached_create_args()}
+        events.task("machine image")
+        start = time.monotonic()
+        image = images.ensure_machine_image(log, mirror=self.mirror, on_line=lambda line: events.line("image", line))
+        args = images.machine_create_args(log)
+        events.task_done("machine image", time.monotonic() - start)
+        return {"machine_image": image, "create_args": args}
+
+    def check_options(self, options: dict) -> None:
+        from ..errors import ConfigError
+
+        if not options.get("machine_image"):
+            raise ConfigError("the docker provider needs a machine image")
+
+    def box(self, entry: dict) -> str | None:
+        return None
+
+    def netmask(self, net) -> int:
+        return net.prefixlen  # the docker provider wants a prefix length
+
+    def native_status(self, lab: str, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
+        proc = quick_run(
+            ["docker", "ps", "-a", "--filter", f"label={LAB_LABEL}={lab}",
+             "--format", '{{.Label "' + MACHINE_LABEL + '"}}\t{{.State}}'],
+            log,
+        )
+        if proc is None or proc.returncode != 0:
+            return None
+        found = container_states(proc.stdout)
+        return {m: found.get(m, NOT_CREATED) for m in machines}
+
+    def destroy(self, lab: LoadedLab, log: Log) -> list[str] | None:
+        """`docker rm -f -v` of the lab's containers: a second, where `vagrant destroy`
+        takes 10–25 s (Vagrant's start, a graceful stop).  The machines are throwaway.
+        Vagrant's global machine index keeps a stale entry (`vagrant global-status --prune`)."""
+        removed = self._remove_containers(lab, log)
+        return [f"machines (docker: {removed} container(s))"] if removed else []
+
+    def _remove_containers(self, lab: LoadedLab, log: Log) -> int:
+        from ..runlog import run
+
+        if not docker_daemon()[0]:
+            return 0
+        ids = run(["docker", "ps", "-aq", "--filter", f"label={LAB_LABEL}={lab.name}"], log).stdout.split()
+        if ids:
+            run(["docker", "rm", "-f", "-v", *ids], log)
+        return len(ids)
+
+    def cleanup(self, lab: LoadedLab, log: Log) -> list[str]:
+        """Containers and networks of this lab that Vagrant left (never the shared machine image)."""
+        from ..render import lab_network
+        from ..runlog import run
+
+        if not docker_daemon()[0]:
+            return []
+        removed = []
+        left = self._remove_containers(lab, log)
+        if left:
+            removed.append(f"{left} leftover container(s)")
+        subnet = str(lab_network(lab.lab.chapter))
+        nets = run(["docker", "network", "ls", "-q", "--filter", f"name=vagrant_network_{subnet}"], log).stdout.split()
+        for net in nets:
+            users = run(["docker", "network", "inspect", "-f", "{{len .Containers}}", net], log, check=False).stdout.strip()
+            if users == "0":
+                run(["docker", "network", "rm", net], log)
+                removed.append(f"network {net[:12]}")
+        return removed
+
+    def current_machine_image(self) -> str | None:
+        """The machine image `up` would use now, when it can be told without building."""
+        from .. import images
+
+        rootfs = images.rootfs_path()
+        return images.machine_image_tag(rootfs, images.apt_mirror(self.mirror)) if rootfs.exists() else None
+
+    def prune(self, log: Log, *, everything: bool = False) -> list[Pruned]:
+        from .. import images
+        from ..runlog import run
+
+        if not docker_daemon()[0]:
+            return []
+        listed = run(["docker", "image", "ls", "--no-trunc", "--filter", f"label={images.ROLE_LABEL}",
+                      "--format", "{{.ID}}\t{{.Repository}}:{{.Tag}}"], log).stdout
+        rows = [tuple(line.split("\t", 1)) for line in listed.splitlines() if "\t" in line]
+        current = None if everything else self.current_machine_image()
+        out = []
+        for ref, verdict in prune_verdicts(rows, _image_users(log), current):
+            if verdict is not None:
+                out.append(Pruned(ref, False, verdict))
+                continue
+            result = run(["docker", "rmi", ref], log, check=False)
+            ok = result.returncode == 0
+            out.append(Pruned(ref, ok, "no lab uses it" if ok else f"docker rmi failed: {result.stderr.strip()[:200]}"))
+        return out
+
+
+def prune_verdicts(images: list[tuple[str, str]], users: dict[str, set[str]], current: str | None):
+    """(image id, repo:tag) rows → (ref, why it is kept, or None: remove it)."""
+    for image_id, ref in images:
+        ref = image_id if "<none>" in ref else ref
+        if users.get(image_id):
+            yield ref, "used by " + ", ".join(sorted(users[image_id]))
+        elif ref == current:
+            yield ref, "the current machine image: the next `vmdock up` uses it (`vmdock prune --all` removes it too)"
+        else:
+            yield ref, None
+
+
+def _image_users(log: Log) -> dict[str, set[str]]:
+    """Image id → the containers made from it (lab/machine for vmdock's), host-wide."""
+    from ..runlog import run
+
+    ids = run(["docker", "ps", "-aq", "--no-trunc"], log).stdout.split()
+    if not ids:
+        return {}
+    fmt = '{{.Image}}\t{{.Name}}\t{{index .Config.Labels "' + LAB_LABEL + '"}}'
+    users: dict[str, set[str]] = {}
+    for line in run(["docker", "inspect", "--format", fmt, *ids], log, check=False).stdout.splitlines():
+        image, _, rest = line.partition("\t")
+        name, _, lab = rest.partition("\t")
+        users.setdefault(image, set()).add(f"lab {lab} ({name.lstrip('/')})" if lab else f"container {name.lstrip('/')}")
+    return users

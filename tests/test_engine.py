@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vmdock import hostscan
 from vmdock.driver import SshConfig
 from vmdock.engine import Engine
 from vmdock.errors import ProvisionError
@@ -118,7 +119,13 @@ def fake_provider(world: World, base: type):
         def render_options(self, lab, log, events, *, build=True):
             return {"machine_image": "vmdock/fake:1", "create_args": [], "domain_type": "qemu"}
 
-        def native_status(self, lab, machines, log=None):
+        def machines(self, inst, log):
+            return []  # no machine Vagrant does not know
+
+        def prepare_network(self, seat, log):
+            world.calls.append("network")
+
+        def native_status(self, inst, machines, log=None):
             world.calls.append("native")
             if world.native_wrong:
                 return {m: RUNNING for m in machines}
@@ -131,6 +138,8 @@ def fake_provider(world: World, base: type):
 def setup(tmp_path, monkeypatch):
     monkeypatch.setenv("VMDOCK_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("VMDOCK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VMDOCK_HOST_DIR", str(tmp_path / "host"))
+    monkeypatch.setattr(hostscan, "host_networks", lambda log: [])  # the host's own are another test's
     labs = tmp_path / "labs"
     folder = labs / LAB["name"]
     folder.mkdir(parents=True)
@@ -250,7 +259,7 @@ def test_vagrant_is_asked_when_the_provider_disagrees_with_the_state(setup):
     engine, world, _ = setup()
     world.native_wrong = True  # says running, but nothing was ever created
     engine.up("ch97-engine")
-    assert world.calls[:3] == ["native", "status", "up"]
+    assert world.calls[:4] == ["native", "status", "network", "up"]
 
 
 def test_destroy_forgets_the_machines(setup, monkeypatch):
@@ -259,7 +268,7 @@ def test_destroy_forgets_the_machines(setup, monkeypatch):
     monkeypatch.setattr(DockerProvider, "cleanup", lambda self, lab, log: ["cleaned"])
     monkeypatch.setattr(DockerProvider, "destroy", lambda self, lab, log: None)  # then Vagrant destroys
     removed = engine.destroy("ch97-engine")
-    assert removed == ["machines (docker)", "cleaned"] and "destroy" in world.calls
+    assert removed == ["machines (docker)", "cleaned", "network lease 192.168.56.0/28"] and "destroy" in world.calls
     state = engine.lab("ch97-engine").state()
     assert state.phase is Phase.DESTROYED and state.machines == {} and state.plan == []
     assert not (world.root / "Vagrantfile").exists() and not (world.root / ".vagrant").exists()

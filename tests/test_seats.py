@@ -230,18 +230,13 @@ def test_suggested_offset_frees_every_port_and_the_error_says_so():
 # -- orphans ------------------------------------------------------------------------------
 
 
-def test_orphans_are_the_instance_machines_vagrant_does_not_know(tmp_path):
-    mk = lambda cid, inst: seats.Machine("docker", cid, f"vmdock-{inst}-x-m", inst, "x", "/h", "m", "running")
+def test_orphans_are_the_instance_machines_vagrant_does_not_know():
+    def mk(cid: str, inst: str) -> seats.Machine:
+        return seats.Machine("docker", cid, f"vmdock-{inst}-x-m", inst, "x", "/h", "m", "running")
+
     found = [mk("c1", "aaaaaa"), mk("c2", "aaaaaa"), mk("c3", "bbbbbb")]
-    vagrant = tmp_path / ".vagrant"
-    (vagrant / "machines" / "m" / "docker").mkdir(parents=True)
-    (vagrant / "machines" / "m" / "docker" / "id").write_text("c1\n")
-    (vagrant / "machines" / "n" / "docker").mkdir(parents=True)
-    (vagrant / "machines" / "n" / "docker" / "id").write_text("")  # created, then destroyed
-    ids = seats.vagrant_ids(vagrant, "docker")
-    assert ids == {"m": "c1"}
-    assert [m.id for m in seats.orphans(found, "aaaaaa", ids.values())] == ["c2"]
-    assert seats.orphans(found, "cccccc", ids.values()) == []
+    assert [m.id for m in seats.orphans(found, "aaaaaa", ["c1", ""])] == ["c2"]
+    assert seats.orphans(found, "cccccc", ["c1"]) == []
 
 
 def test_lease_files_are_json_named_by_block(tmp_path, host_dir):

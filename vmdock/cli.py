@@ -204,9 +204,10 @@ def show(lab: str = LabArg):
         console.print("[bold]sections[/]")
         for s in l.sections:
             console.print(f"  {escape(s)}")
-    console.print("[bold]machines[/]")
+    offset = _engine().port_offset(lab)
+    console.print("[bold]machines[/]" + (f" [dim](host ports moved by the port offset {offset})[/]" if offset else ""))
     for m in l.machines:
-        ports = ", ".join(f"{p.host_ip}:{p.host}→{p.guest}" for p in m.forwarded_ports)
+        ports = ", ".join(f"{p.host_ip}:{p.host + offset}→{p.guest}" for p in m.forwarded_ports)
         console.print(f"  {m.name}: {escape(m.box)}, {m.cpus} cpu, {m.memory} MiB" + (f", ports {escape(ports)}" if ports else ""))
     console.print("[bold]steps[/]")
     for i, s in enumerate(l.steps, 1):
@@ -222,6 +223,9 @@ def steps(lab: str = LabArg):
     """The commands a student would type to do the case by hand, section by section."""
     import shlex
 
+    from ipaddress import IPv4Network
+
+    from .engine import LabHome
     from .provision import env_key, remote_lab_dir
     from .render import machine_ips
 
@@ -230,8 +234,11 @@ def steps(lab: str = LabArg):
     out = [f"# {l.name}: {l.title}" + (f" — {l.title_en}" if l.title_en else "")]
     out.append(f"# In each machine (vmdock ssh {l.name} MACHINE), as root: sudo -i, then:")
     out.append(f"cd {remote_lab_dir(l.name)}")
-    for name, ip in machine_ips(loaded).items():
+    network = LabHome(loaded).state().network  # chosen by `vmdock up` for this lab instance
+    for name, ip in (machine_ips(loaded, IPv4Network(network)) if network else {}).items():
         out.append(f"export VMDOCK_IP_{env_key(name)}={ip}")
+    if not network:
+        out.append("# VMDOCK_IP_<MACHINE>: the machines' private addresses, chosen by `vmdock up`")
     out.append(f"export VMDOCK_BASE_IMAGE={shlex.quote(l.base_image)}")
     for k, v in l.env.items():
         out.append(f"export {k}={shlex.quote(v)}")
@@ -277,11 +284,15 @@ def up(
     images_dir: Optional[Path] = typer.Option(
         None, "--images-dir", help="folder of `docker save` tarballs for labs that need images (also VMDOCK_IMAGES_DIR)"
     ),
+    port_offset: Optional[int] = typer.Option(
+        None, "--port-offset", help="move this seat's forwarded host ports by N, as a block (also VMDOCK_PORT_OFFSET; remembered)"
+    ),
 ):
     """Render, bring the machines up, install Docker and run the case's steps (resumes where it stopped)."""
     events = RichEvents(OPTS.verbose)
     with events:
-        result = _engine(events, provider, images_dir=str(images_dir) if images_dir else None).up(lab)
+        engine = _engine(events, provider, images_dir=str(images_dir) if images_dir else None, port_offset=port_offset)
+        result = engine.up(lab)
     if result.ran == 0:
         console.print(f"[green]{result.lab} is up[/]: nothing to do, {result.skipped} steps already done ({result.seconds:.1f}s)")
     else:
@@ -335,8 +346,12 @@ def status(
     lab: Optional[str] = typer.Argument(None, help="one lab (default: every lab with state)"),
     as_json: bool = typer.Option(False, "--json"),
     refresh: bool = typer.Option(False, "--refresh", help="ask Vagrant (slow), not the provider"),
+    every: bool = typer.Option(False, "--all", help="every vmdock lab instance on this host, whoever's home it is in"),
 ):
-    """Machines, provider, state and last good step."""
+    """Machines, provider, state, last good step and forwarded host ports."""
+    if every:
+        _host_status(as_json)
+        return
     rows = _engine().status(lab, refresh=refresh)
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
@@ -345,12 +360,32 @@ def status(
         console.print("no lab has been brought up (see `vmdock list`)")
         return
     table = Table(title="vmdock status")
-    for col in ("lab", "provider", "phase", "machines", "steps done", "last good step", "last error"):
+    for col in ("lab", "provider", "phase", "machines", "host ports", "steps done", "last good step", "last error"):
         table.add_column(col, overflow="fold")
     for r in rows:
         machines = "\n".join(f"{m}: {v['state']}" + (f" ({v['ssh']})" if v["ssh"] else "") for m, v in r["machines"].items())
+        ports = "\n".join(f"{p['host_ip']}:{p['host']}→{p['machine']}:{p['guest']}" for p in r["ports"])
         err = r["last_error"]["message"] if r["last_error"] else ""
-        table.add_row(r["lab"], r["provider"] or "-", r["phase"], escape(machines), str(r["steps_done"]), r["last_good_step"] or "-", escape(err))
+        table.add_row(r["lab"], r["provider"] or "-", r["phase"], escape(machines), escape(ports), str(r["steps_done"]),
+                      r["last_good_step"] or "-", escape(err))
+    console.print(table)
+
+
+def _host_status(as_json: bool) -> None:
+    rows = _engine().instances()
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        return
+    if not rows:
+        console.print("no vmdock lab instance on this host")
+        return
+    table = Table(title="vmdock status --all (this host)")
+    for col in ("instance", "lab", "home", "phase", "network", "machines"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        machines = "\n".join(f"{m}: {v}" for m, v in r["machines"].items())
+        table.add_row(r["instance"] or "-", r["lab"] or "?", escape(r["home"] or "?"), r["phase"] or "-", r["network"] or "-",
+                      escape(machines))
     console.print(table)
 
 

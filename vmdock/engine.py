@@ -10,6 +10,7 @@ used, so `vmdock list` and `vmdock status` stay quick.
 """
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import paths, providers
+from . import paths, providers, seats
 from .driver import machine_id
 from .errors import CommandError, StateError, VmdockError
 from .events import Events
@@ -52,6 +53,7 @@ class LabHome:
         self.home = paths.lab_home(self.name)
         self.vagrantfile = self.home / "Vagrantfile"
         self.log = Log(self.home / "vmdock.log")
+        self.instance = seats.Instance(paths.vmdock_home(), self.name)
 
     def state(self) -> LabState:
         return LabState.load(self.home / "state.json", self.name)
@@ -119,11 +121,27 @@ class Engine:
         self.events.info(f"provider: {why}")
         return provider
 
-    def _vagrantfile(self, home: LabHome, provider: Provider, *, build: bool) -> str:
+    def _vagrantfile(self, home: LabHome, provider: Provider, seat: seats.Seat, *, build: bool) -> str:
         from .render import RenderOptions, render
 
         values = provider.render_options(home.loaded, home.log, self.events, build=build)
-        return render(home.loaded, RenderOptions(provider.name, values))
+        return render(home.loaded, RenderOptions(provider.name, values), seat)
+
+    def _seat(self, home: LabHome, state: LabState) -> seats.Seat:
+        """The instance's network (leased host-wide, kept in the state) and port offset."""
+        from .hostscan import claim_network
+
+        subnet = claim_network(home.instance, home.log)
+        if state.network != str(subnet):
+            state.network = str(subnet)
+            state.save()
+        offset = self.settings.port_offset
+        return seats.Seat(home.instance, subnet, state.port_offset if offset is None else offset)
+
+    def port_offset(self, name: str) -> int:
+        """The seat's port offset: as the settings say, else as the lab's state recorded it."""
+        offset = self.settings.port_offset
+        return self.lab(name).state().port_offset if offset is None else offset
 
     def render(self, name: str) -> Path:
         """Write the Vagrantfile; never builds anything (the machine image is built by `up`)."""
@@ -133,7 +151,7 @@ class Engine:
         with lab_lock(home.home, home.name, "render"):
             state = home.state()
             provider = self._provider(home, state)
-            write_atomic(home.vagrantfile, self._vagrantfile(home, provider, build=False))
+            write_atomic(home.vagrantfile, self._vagrantfile(home, provider, self._seat(home, state), build=False))
         return home.vagrantfile
 
     # -- up ---------------------------------------------------------------------
@@ -175,7 +193,14 @@ class Engine:
         from .render import write_atomic
 
         provider = self._provider(home, state)
-        changed = write_atomic(home.vagrantfile, self._vagrantfile(home, provider, build=True))
+        seat = self._seat(home, state)
+        text = self._vagrantfile(home, provider, seat, build=True)
+        if not home.vagrantfile.exists():
+            write_atomic(home.vagrantfile, text)  # nothing to compare with; `vagrant status` reads it
+        driver = self._driver(home, provider.name)
+        statuses = self._preflight(home, state, provider, driver, seat, text)
+        changed = write_atomic(home.vagrantfile, text)
+        state.port_offset = seat.port_offset
         state.provider = provider.name
         state.lab_folder = str(home.loaded.folder)
         if state.phase in (Phase.NEW, Phase.DESTROYED):
@@ -184,8 +209,7 @@ class Engine:
 
         self.events.task("machines")
         t0 = time.monotonic()
-        driver = self._driver(home, provider.name)
-        ids, boots, down = self._boot(home, state, provider, driver, settings_changed=changed)
+        ids, boots, down = self._boot(home, state, provider, driver, statuses, settings_changed=changed)
         if down or set(state.machines) != set(ids) or any(
             rec.get("id") != ids[m] or "ssh" not in rec for m, rec in state.machines.items()
         ):
@@ -207,9 +231,35 @@ class Engine:
         state.save()
         return UpResult(home.name, provider.name, ran, total - ran, time.monotonic() - start)
 
-    def _boot(self, home: LabHome, state: LabState, provider: Provider, driver, *, settings_changed: bool):
-        """Bring every machine up: (machine ids, boot counts, the machines that were down)."""
+    def _preflight(self, home: LabHome, state: LabState, provider: Provider, driver, seat: seats.Seat,
+                   vagrantfile: str) -> dict[str, str]:
+        """Before `vagrant up`: remove the instance's machines Vagrant does not know (a run
+        killed inside `vagrant up` leaves them, holding its ports), refuse taken host ports
+        naming their holder, make the instance's network.  Returns the machines' states."""
+        from .hostscan import check_ports
+
+        inst = home.instance
+        found = provider.machines(inst, home.log)
+        if found:
+            known = [machine_id(home.home, d.name) for d in (home.home / ".vagrant" / "machines").glob("*")]
+            lost = seats.orphans(found, inst.id, [k for k in known if k])
+            if lost:
+                self.events.info(
+                    f"removing {', '.join(m.name for m in lost)}: machine(s) of this lab that Vagrant did not know "
+                    "(left by a `vmdock up` stopped inside `vagrant up`)"
+                )
+                provider.remove(lost, home.log)
         statuses = self.machine_states(home, state, provider, driver)
+        recreated = provider.on_settings_changed == "recreate" and home.vagrantfile.read_text(encoding="utf-8") != vagrantfile
+        starting = [m for m in home.loaded.lab.machines if recreated or statuses.get(m.name) != RUNNING]
+        if starting:
+            check_ports(inst, seats.effective_ports(starting, seat.port_offset, str(home.loaded.file)), seat.port_offset, home.log)
+            provider.prepare_network(seat, home.log)
+        return statuses
+
+    def _boot(self, home: LabHome, state: LabState, provider: Provider, driver, statuses: dict[str, str], *,
+              settings_changed: bool):
+        """Bring every machine up from ``statuses``: (machine ids, boot counts, the machines that were down)."""
         created = [m for m, st in statuses.items() if st != NOT_CREATED]
         if settings_changed and created and state.machines:
             # The machines' settings (ports, memory, box, image) changed since they were made.
@@ -243,7 +293,7 @@ class Engine:
         """Machine → Vagrant state: the provider's own answer when it agrees with the state
         file and with Vagrant's machine folders, else (or with ``refresh``) `vagrant status`."""
         names = home.machine_names
-        native = None if refresh else provider.native_status(home.name, names, home.log)
+        native = None if refresh else provider.native_status(home.instance, names, home.log)
         if native is not None:
             disagree = [
                 m for m in names
@@ -281,13 +331,15 @@ class Engine:
         from .provision import Context
         from .render import machine_ips
 
+        if not state.network:
+            raise StateError("the lab has no network yet", lab=home.name, hint=f"`vmdock up {home.name}`")
         cache = images.rootfs_path()
         return Context(
             loaded=home.loaded,
             state=state,
             settings=self.settings,
             log=home.log,
-            ips=machine_ips(home.loaded),
+            ips=machine_ips(home.loaded, ipaddress.IPv4Network(state.network)),
             base_tarball=cache if cache.exists() else None,
             base_cache=cache,
         )
@@ -361,8 +413,14 @@ class Engine:
                 "ssh": f"{ssh['user']}@{ssh['host']}:{ssh['port']}" if ssh else None,
             }
         last = state.last_good_step()
+        ports = seats.effective_ports(home.loaded.lab.machines, state.port_offset, str(home.loaded.file))
         return {
             "lab": home.name,
+            "instance": home.instance.id,
+            "network": state.network,
+            "port_offset": state.port_offset,
+            "ports": [{"machine": p.machine, "guest": p.guest, "host": p.host, "host_ip": p.host_ip, "protocol": p.protocol}
+                      for p in ports],
             "provider": state.provider,
             "phase": state.phase.value,
             "machines": machines,
@@ -400,7 +458,7 @@ class Engine:
             if home.vagrantfile.exists() and state.provider:
                 self.events.task("destroy")
                 t0 = time.monotonic()
-                native = providers.get(state.provider).destroy(home.loaded, home.log)
+                native = providers.get(state.provider).destroy(home.instance, home.log)
                 if native is None:
                     self._driver(home, state.provider).destroy()
                     native = [f"machines ({state.provider})"]
@@ -409,7 +467,9 @@ class Engine:
             # what Vagrant left; with no provider on record, whatever any provider may have left
             names = [state.provider] if state.provider else list(providers.NAMES)
             for p in names:
-                removed += providers.get(p).cleanup(home.loaded, home.log)
+                removed += providers.get(p).cleanup(home.instance, home.log)
+            with seats.host_lock(f"giving back {home.name}'s network"):
+                removed += [f"network lease {net}" for net in seats.release_subnet(home.instance)]
             for path in (home.vagrantfile, home.home / ".vagrant"):
                 if path.is_dir():
                     shutil.rmtree(path)
@@ -418,6 +478,12 @@ class Engine:
             state.reset()
             state.save()
         return removed
+
+    def instances(self) -> list[dict]:
+        """Every vmdock instance on this host, whoever's home it lives in (`vmdock status --all`)."""
+        from .hostscan import instances
+
+        return instances(Log(paths.vmdock_home() / "host.log"))
 
     def prune(self, everything: bool = False) -> list[providers.Pruned]:
         """Remove the shared images no lab on this host uses (every provider's); say what was kept, why."""

@@ -98,6 +98,15 @@ class Instance:
         return labels
 
 
+@dataclass(frozen=True)
+class Seat:
+    """Where an instance sits on the host: its names, its private network, its port offset."""
+
+    instance: Instance
+    subnet: ipaddress.IPv4Network
+    port_offset: int = 0
+
+
 def label_args(labels: dict[str, str]) -> list[str]:
     """``--label k=v`` pairs for docker create / docker network create."""
     out: list[str] = []
@@ -431,16 +440,3 @@ def orphans(found: list[Machine], own_instance: str, vagrant_ids: Iterable[str])
     """The instance's machines that Vagrant's state does not know (a run killed inside `vagrant up`)."""
     known = {i for i in vagrant_ids if i}
     return [m for m in found if m.instance == own_instance and m.id not in known]
-
-
-def vagrant_ids(vagrant_dir: Path, provider: str) -> dict[str, str]:
-    """Machine → provider id, from Vagrant's own files (.vagrant/machines/<m>/<provider>/id)."""
-    out = {}
-    for f in Path(vagrant_dir).glob(f"machines/*/{provider}/id"):
-        try:
-            text = f.read_text(encoding="utf-8").strip()
-        except OSError:
-            continue
-        if text:
-            out[f.parent.parent.name] = text
-    return out

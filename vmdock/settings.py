@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
+from .seats import parse_port_offset
 
 _URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$")
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
@@ -26,6 +27,7 @@ class Settings:
     insecure_registries: tuple[str, ...] = ()
     pull_base: bool = False
     images_dir: str | None = None
+    port_offset: int | None = None  # None: the seat's recorded offset (0 at first)
     connect_timeout: int = 15
     extra: dict = field(default_factory=dict)
 
@@ -42,6 +44,7 @@ class Settings:
             insecure_registries=tuple(_list(env.get("VMDOCK_INSECURE_REGISTRIES"))),
             pull_base=env.get("VMDOCK_PULL_BASE", "") in ("1", "true", "yes"),
             images_dir=env.get("VMDOCK_IMAGES_DIR") or None,
+            port_offset=parse_port_offset(env.get("VMDOCK_PORT_OFFSET"), "VMDOCK_PORT_OFFSET"),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         s = cls(**values)

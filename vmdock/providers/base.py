@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ..events import Events
     from ..loader import LoadedLab
     from ..runlog import Log
+    from ..seats import Instance, Machine, Seat
 
 #: Vagrant's state of a machine that does not exist (every provider uses it).
 NOT_CREATED = "not_created"
@@ -132,20 +133,30 @@ class Provider(ABC):
         return str(net.netmask)
 
     @abstractmethod
-    def native_status(self, lab: str, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
-        """Machine → Vagrant state name, asked of the provider itself (no `vagrant`).
+    def native_status(self, inst: Instance, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
+        """Machine → Vagrant state name of one lab instance, asked of the provider itself (no `vagrant`).
 
         None when the provider cannot tell (its tool is missing or failed):
         the caller then asks Vagrant.
         """
 
-    def destroy(self, lab: LoadedLab, log: Log) -> list[str] | None:
-        """Remove the lab's machines without Vagrant, when the provider can do it quicker
+    def prepare_network(self, seat: Seat, log: Log) -> None:
+        """Make the instance's private network before `vagrant up`, where Vagrant cannot name it."""
+
+    def machines(self, inst: Instance, log: Log) -> list[Machine] | None:
+        """The instance's machines found on the host by their labels or names (None: cannot tell)."""
+        return None
+
+    def remove(self, machines: list[Machine], log: Log) -> None:
+        """Remove machines Vagrant does not know (``machines`` found them)."""
+
+    def destroy(self, inst: Instance, log: Log) -> list[str] | None:
+        """Remove the instance's machines without Vagrant, when the provider can do it quicker
         (say what was removed); None: `vagrant destroy` does it."""
         return None
 
-    def cleanup(self, lab: LoadedLab, log: Log) -> list[str]:
-        """After `vagrant destroy`: remove what Vagrant leaves of THIS lab; say what."""
+    def cleanup(self, inst: Instance, log: Log) -> list[str]:
+        """After `vagrant destroy`: remove what Vagrant leaves of THIS instance (never another's); say what."""
         return []
 
     def prune(self, log: Log, *, everything: bool = False) -> list[Pruned]:

@@ -25,8 +25,10 @@ if TYPE_CHECKING:
     from ..events import Events
     from ..loader import LoadedLab
     from ..runlog import Log
+    from ..seats import Instance, Machine, Seat
 
-#: the labels vmdock's Vagrantfile puts on every machine container
+#: the labels vmdock's Vagrantfile puts on every machine container (seats.Instance.labels)
+INSTANCE_LABEL = "vmdock.instance"
 LAB_LABEL = "vmdock.lab"
 MACHINE_LABEL = "vmdock.machine"
 
@@ -115,9 +117,9 @@ class DockerProvider(Provider):
     def netmask(self, net) -> int:
         return net.prefixlen  # the docker provider wants a prefix length
 
-    def native_status(self, lab: str, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
+    def native_status(self, inst: Instance, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
         proc = quick_run(
-            ["docker", "ps", "-a", "--filter", f"label={LAB_LABEL}={lab}",
+            ["docker", "ps", "-a", "--filter", f"label={INSTANCE_LABEL}={inst.id}",
              "--format", '{{.Label "' + MACHINE_LABEL + '"}}\t{{.State}}'],
             log,
         )
@@ -126,41 +128,60 @@ class DockerProvider(Provider):
         found = container_states(proc.stdout)
         return {m: found.get(m, NOT_CREATED) for m in machines}
 
-    def destroy(self, lab: LoadedLab, log: Log) -> list[str] | None:
-        """`docker rm -f -v` of the lab's containers: a second, where `vagrant destroy`
-        takes 10–25 s (Vagrant's start, a graceful stop).  The machines are throwaway.
-        Vagrant's global machine index keeps a stale entry (`vagrant global-status --prune`)."""
-        removed = self._remove_containers(lab, log)
-        return [f"machines (docker: {removed} container(s))"] if removed else []
+    def prepare_network(self, seat: Seat, log: Log) -> None:
+        """The instance's docker network, with its labels: Vagrant's docker provider joins a
+        network by name only when it exists (it would make one named after the subnet)."""
+        from ..runlog import run
+        from ..seats import label_args
 
-    def _remove_containers(self, lab: LoadedLab, log: Log) -> int:
+        inst = seat.instance
+        have = run(["docker", "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", inst.network_name],
+                   log, check=False)
+        if have.returncode == 0:
+            if str(seat.subnet) in have.stdout.split():
+                return
+            run(["docker", "network", "rm", inst.network_name], log)  # left by an earlier lease; no machine uses it
+        run(["docker", "network", "create", "--subnet", str(seat.subnet), *label_args(inst.labels()), inst.network_name], log)
+
+    def machines(self, inst: Instance, log: Log) -> list[Machine] | None:
+        from ..hostscan import docker_machines
+
+        return docker_machines(log, inst.id) if docker_daemon()[0] else None
+
+    def remove(self, machines: list[Machine], log: Log) -> None:
         from ..runlog import run
 
-        if not docker_daemon()[0]:
-            return 0
-        ids = run(["docker", "ps", "-aq", "--filter", f"label={LAB_LABEL}={lab.name}"], log).stdout.split()
-        if ids:
-            run(["docker", "rm", "-f", "-v", *ids], log)
-        return len(ids)
+        if machines:
+            run(["docker", "rm", "-f", "-v", *[m.id for m in machines]], log)
 
-    def cleanup(self, lab: LoadedLab, log: Log) -> list[str]:
-        """Containers and networks of this lab that Vagrant left (never the shared machine image)."""
-        from ..render import lab_network
+    def destroy(self, inst: Instance, log: Log) -> list[str] | None:
+        """`docker rm -f -v` of the instance's containers: a second, where `vagrant destroy`
+        takes 10–25 s (Vagrant's start, a graceful stop).  The machines are throwaway.
+        Vagrant's global machine index keeps a stale entry (`vagrant global-status --prune`)."""
+        removed = self._remove_containers(inst, log)
+        return [f"machines (docker: {removed} container(s))"] if removed else []
+
+    def _remove_containers(self, inst: Instance, log: Log) -> int:
+        found = self.machines(inst, log) or []
+        self.remove(found, log)
+        return len(found)
+
+    def cleanup(self, inst: Instance, log: Log) -> list[str]:
+        """Containers and the network of this instance that are left (never another's, nor the shared machine image)."""
         from ..runlog import run
 
         if not docker_daemon()[0]:
             return []
         removed = []
-        left = self._remove_containers(lab, log)
+        left = self._remove_containers(inst, log)
         if left:
             removed.append(f"{left} leftover container(s)")
-        subnet = str(lab_network(lab.lab.chapter))
-        nets = run(["docker", "network", "ls", "-q", "--filter", f"name=vagrant_network_{subnet}"], log).stdout.split()
+        nets = run(["docker", "network", "ls", "-q", "--filter", f"label={INSTANCE_LABEL}={inst.id}"], log).stdout.split()
         for net in nets:
             users = run(["docker", "network", "inspect", "-f", "{{len .Containers}}", net], log, check=False).stdout.strip()
             if users == "0":
                 run(["docker", "network", "rm", net], log)
-                removed.append(f"network {net[:12]}")
+                removed.append(f"network {inst.network_name}")
         return removed
 
     def current_machine_image(self) -> str | None:

@@ -24,7 +24,9 @@ pytestmark = pytest.mark.e2e
 HERE = Path(__file__).resolve().parent
 SEATS = Path(os.environ.get("VMDOCK_TEST_SEATS_DIR", "/var/tmp/vmdock-seats"))
 LAB = "ch2-containers"
-SECOND_SEAT_OFFSET = 1000  # 8020 → 9020: clear of every shipped lab's ports
+# each seat moves its ports as a block, clear of every shipped lab's (8000-8199), so that a
+# ch2-containers brought up by anyone else on this host keeps its own 8020
+OFFSETS = (2000, 3000)
 
 
 def seat_env(home: Path, **extra: str) -> dict:
@@ -65,7 +67,7 @@ def forwarded(env: dict) -> dict[int, int]:
 
 def test_two_seats_of_one_lab_side_by_side():
     homes = [SEATS / "home1", SEATS / "home2"]
-    envs = [seat_env(homes[0]), seat_env(homes[1], VMDOCK_PORT_OFFSET=str(SECOND_SEAT_OFFSET))]
+    envs = [seat_env(h, VMDOCK_PORT_OFFSET=str(o)) for h, o in zip(homes, OFFSETS)]
     ids = [instance_id(h, LAB) for h in homes]
     assert ids[0] != ids[1]
     for e in envs:
@@ -84,17 +86,17 @@ def test_two_seats_of_one_lab_side_by_side():
         assert rows[0]["instance"] == ids[0] and rows[1]["instance"] == ids[1]
         assert rows[0]["network"] != rows[1]["network"]
         ports = [forwarded(e) for e in envs]
-        assert ports[0][8080] == 8020 and ports[1][8080] == 8020 + SECOND_SEAT_OFFSET
+        assert ports[0][8080] == 8020 + OFFSETS[0] and ports[1][8080] == 8020 + OFFSETS[1]
         for p in ports:  # each seat's page through its own forwarded port, from the host
             assert "VMDOCK-CH2-CUSTOM-PAGE" in fetch(p[8080])
 
-        # the second seat without its offset: refused before anything changes, naming the holder
-        clash = vmdock(seat_env(homes[1], VMDOCK_PORT_OFFSET="0"), "up", LAB, check=False)
+        # the second seat on the first one's ports: refused before anything changes, naming the holder
+        clash = vmdock(seat_env(homes[1], VMDOCK_PORT_OFFSET=str(OFFSETS[0])), "up", LAB, check=False)
         assert clash.returncode != 0 and "Traceback" not in clash.stderr
         said = " ".join(clash.stderr.split())
-        assert "127.0.0.1:8020" in said and f"instance {ids[0]}" in said and str(homes[0]) in said
+        assert f"127.0.0.1:{8020 + OFFSETS[0]}" in said and f"instance {ids[0]}" in said and str(homes[0]) in said
         assert "--port-offset" in said
-        assert forwarded(envs[1])[8080] == 8020 + SECOND_SEAT_OFFSET
+        assert forwarded(envs[1])[8080] == 8020 + OFFSETS[1]
 
         listing = json.loads(vmdock(envs[0], "status", "--all", "--json").stdout)
         mine = {r["instance"]: r for r in listing if r["instance"] in ids}

@@ -209,7 +209,7 @@ class Engine:
 
         self.events.task("machines")
         t0 = time.monotonic()
-        ids, boots, down = self._boot(home, state, provider, driver, statuses, settings_changed=changed)
+        ids, boots, down = self._boot(home, state, provider, driver, statuses, seat=seat, settings_changed=changed)
         if down or set(state.machines) != set(ids) or any(
             rec.get("id") != ids[m] or "ssh" not in rec for m, rec in state.machines.items()
         ):
@@ -236,8 +236,6 @@ class Engine:
         """Before `vagrant up`: remove the instance's machines Vagrant does not know (a run
         killed inside `vagrant up` leaves them, holding its ports), refuse taken host ports
         naming their holder, make the instance's network.  Returns the machines' states."""
-        from .hostscan import check_ports
-
         inst = home.instance
         found = provider.machines(inst, home.log)
         if found:
@@ -253,12 +251,19 @@ class Engine:
         recreated = provider.on_settings_changed == "recreate" and home.vagrantfile.read_text(encoding="utf-8") != vagrantfile
         starting = [m for m in home.loaded.lab.machines if recreated or statuses.get(m.name) != RUNNING]
         if starting:
-            check_ports(inst, seats.effective_ports(starting, seat.port_offset, str(home.loaded.file)), seat.port_offset, home.log)
+            self._check_ports(home, starting, seat)
             provider.prepare_network(seat, home.log)
         return statuses
 
+    @staticmethod
+    def _check_ports(home: LabHome, machines: list, seat: seats.Seat) -> None:
+        from .hostscan import check_ports
+
+        ports = seats.effective_ports(machines, seat.port_offset, str(home.loaded.file))
+        check_ports(home.instance, ports, seat.port_offset, home.log)
+
     def _boot(self, home: LabHome, state: LabState, provider: Provider, driver, statuses: dict[str, str], *,
-              settings_changed: bool):
+              seat: seats.Seat, settings_changed: bool):
         """Bring every machine up from ``statuses``: (machine ids, boot counts, the machines that were down)."""
         created = [m for m, st in statuses.items() if st != NOT_CREATED]
         if settings_changed and created and state.machines:
@@ -277,6 +282,8 @@ class Engine:
             try:
                 driver.up()
             except CommandError as exc:
+                if "already in use" in (exc.stderr_tail or ""):  # taken since the preflight: say by whom
+                    self._check_ports(home, home.loaded.lab.machines, seat)
                 if provider.up_hint and not exc.hint:
                     exc.hint = provider.up_hint
                 raise

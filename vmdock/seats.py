@@ -213,7 +213,9 @@ def allocate_subnet(
     caller holds ``host_lock``.
     """
     folder = folder or host_dir() / "subnets"
-    folder.mkdir(mode=0o1777, parents=True, exist_ok=True)
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o1777)  # every user's leases side by side, each removable by its owner only
     taken: list[ipaddress.IPv4Network] = []
     for lease in read_leases(folder):
         if lease.instance == inst.id and lease.home == str(inst.home) and lease.lab == inst.lab:

@@ -86,7 +86,7 @@ import_tar() {
 
 # 2. a tarball
 if [ -n "$TARBALL" ]; then
-    [ -f "$TARBALL" ] && [ -r "$TARBALL" ] || die "VMDOCK_BASE_TARBALL=$TARBALL: no such file"
+    { [ -f "$TARBALL" ] && [ -r "$TARBALL" ]; } || die "VMDOCK_BASE_TARBALL=$TARBALL: no such file"
     case "$TARBALL" in
         *.xz|*.txz) command -v xz >/dev/null 2>&1 || die "$TARBALL is xz-compressed and this machine has no xz (upload a plain or .gz tarball)" ;;
         *.bz2|*.tbz2) command -v bzip2 >/dev/null 2>&1 || die "$TARBALL is bzip2-compressed and this machine has no bzip2 (upload a plain or .gz tarball)" ;;
@@ -140,6 +140,7 @@ fi
 mkdir -p "$CACHE_DIR"
 ROOT=$CACHE_DIR/rootfs-$SUITE.build
 rm -rf "$ROOT" "$CACHED_TAR.part"
+# shellcheck disable=SC2317  # shellcheck 0.9 does not see that the EXIT trap calls it
 cleanup() { rm -rf "$ROOT" "$CACHED_TAR.part"; }
 trap cleanup EXIT
 mkdir -p "$ROOT"

@@ -176,6 +176,6 @@ else
     rm -f "$script"
 fi
 
-command -v docker >/dev/null 2>&1 && command -v dockerd >/dev/null 2>&1 \
+{ command -v docker >/dev/null 2>&1 && command -v dockerd >/dev/null 2>&1; } \
     || fail_with_log "the install finished but docker/dockerd are not on PATH"
 say "installed $(docker --version) in $(( $(date +%s) - start )) s"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a Debian/Ubuntu host for vmdock's docker provider and its tests:
-# Vagrant, docker.io, debootstrap, and a running dockerd.  Idempotent.
+# Vagrant, docker.io, debootstrap, shellcheck (scripts/lint.sh), and a running
+# dockerd.  Idempotent.
 # Run as root (or with sudo).  Works where systemd is PID 1 and where it is not.
 #
 #   --libvirt   also prepare real VMs with libvirt: vagrant-libvirt, libvirtd,
@@ -15,7 +16,7 @@ WANT_LIBVIRT=0
 for arg in "$@"; do
   case "$arg" in
     --libvirt) WANT_LIBVIRT=1 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "host-setup: unknown option $arg (options: --libvirt)" >&2; exit 2 ;;
   esac
 done
@@ -27,7 +28,7 @@ fi
 have_systemd() { [ "$(ps -o comm= -p 1 2>/dev/null)" = "systemd" ]; }
 
 export DEBIAN_FRONTEND=noninteractive
-PKGS=(vagrant docker.io debootstrap openssh-client iptables ca-certificates curl python3-venv python3-pip)
+PKGS=(vagrant docker.io debootstrap openssh-client iptables ca-certificates curl python3-venv python3-pip shellcheck)
 if [ "$WANT_LIBVIRT" = 1 ]; then
   # vagrant-libvirt and libvirtd; qemu (TCG when KVM is unusable); dnsmasq and
   # iptables/ebtables for libvirt's NAT networks; what `vmdock box build` uses:
@@ -79,7 +80,9 @@ fi
 # the qemu binary on every lookup: defining a domain took 48 s instead of 0.03 s.
 if [ -e /dev/kvm ]; then
   getent group kvm >/dev/null || groupadd --system kvm
-  chgrp kvm /dev/kvm && chmod 0660 /dev/kvm || log "could not chgrp/chmod /dev/kvm (read-only /dev?)"
+  if ! { chgrp kvm /dev/kvm && chmod 0660 /dev/kvm; }; then
+    log "could not chgrp/chmod /dev/kvm (read-only /dev?)"
+  fi
   log "/dev/kvm: $(stat -c '%G %a' /dev/kvm)"
 else
   log "no /dev/kvm: libvirt VMs run with TCG (software emulation)"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from vmdock.seats import instance_id
+
 pytestmark = pytest.mark.e2e
 
 HERE = Path(__file__).resolve().parent
@@ -97,6 +99,18 @@ def test_resume_after_failed_step(env, tmp_path):
         verify = vmdock(env, *args, "verify", "resume-lab")
         assert "3 passed, 0 failed" in verify.stdout
 
+        # a no-op `up` and `status` ask dockerd, not Vagrant; `status --refresh` asks Vagrant
+        before = log.read_text(encoding="utf-8")
+        again = vmdock(env, *args, "up", "resume-lab")
+        assert "nothing to do" in again.stdout
+        status = json.loads(vmdock(env, *args, "status", "resume-lab", "--json").stdout)[0]
+        assert status["machines"]["box"]["state"] == "running" and status["phase"] == "provisioned"
+        new = log.read_text(encoding="utf-8")[len(before):]
+        inst = instance_id(env["VMDOCK_HOME"], "resume-lab")
+        assert f"docker ps -a --filter label=vmdock.instance={inst}" in new and "vagrant " not in new
+        vmdock(env, *args, "status", "resume-lab", "--refresh")
+        assert "vagrant status" in log.read_text(encoding="utf-8")[len(before) + len(new):]
+
         # a check broken on purpose fails verify and shows expected vs seen
         (labs / "resume-lab" / "lab.yaml").write_text(
             (labs / "resume-lab" / "lab.yaml").read_text().replace("contains: fixed", "contains: repaired")
@@ -122,3 +136,91 @@ def test_second_up_is_refused_while_one_runs(env, tmp_path):
         busy = vmdock(env, "--labs-dir", str(labs), "up", "resume-lab", check=False)
     assert busy.returncode == 3
     assert "busy" in busy.stderr and "vmdock up" in busy.stderr
+
+
+# -- classroom: student mode, lab images, reset ---------------------------------------------
+
+KEEPER_STEP = """\
+  - name: "4 a container that keeps running"
+    run: |
+      docker rm -f keeper >/dev/null 2>&1 || true
+      docker run -d --name keeper "$VMDOCK_BASE_IMAGE" sleep infinity
+"""
+KEEPER_CHECK = """\
+  - name: the keeper container runs
+    type: container
+    container: keeper
+"""
+
+
+def classroom_lab(tmp_path: Path) -> Path:
+    """resume-lab, fixed, with a fourth step that leaves a container running (and a check of it)."""
+    labs = tmp_path / "labs"
+    shutil.copytree(E2E_LABS / "resume-lab", labs / "resume-lab")
+    (labs / "resume-lab" / "flag.txt").write_text("fixed\n")
+    lab_yaml = labs / "resume-lab" / "lab.yaml"
+    text = lab_yaml.read_text(encoding="utf-8")
+    text = text.replace("checks:\n", KEEPER_STEP + "checks:\n" + KEEPER_CHECK)
+    lab_yaml.write_text(text, encoding="utf-8")
+    return labs
+
+
+def remove_lab_images(lab: str) -> None:
+    ids = docker_lines("images", "-q", "--filter", "label=vmdock.role=lab-image", "--filter", f"label=vmdock.lab={lab}")
+    if ids:
+        subprocess.run(["docker", "rmi", "-f", *dict.fromkeys(ids)], capture_output=True, check=False)
+
+
+def test_student_mode_then_the_steps(env, tmp_path):
+    labs = classroom_lab(tmp_path)
+    args = ["--labs-dir", str(labs)]
+    clean_start(env, "resume-lab", labs)
+    try:
+        vmdock(env, *args, "up", "resume-lab", "--no-steps", "--no-image")
+        status = json.loads(vmdock(env, *args, "status", "resume-lab", "--json").stdout)[0]
+        assert status["phase"] == "provisioned" and status["mode"].startswith("student mode")
+        box = "vmdock-resume-lab-box"
+        assert subprocess.run(["docker", "exec", box, "test", "-e", "/root/first.count"], check=False).returncode == 1
+        failed = vmdock(env, *args, "verify", "resume-lab", "--json", check=False)
+        assert failed.returncode == 1 and json.loads(failed.stdout)["passed"] == 0
+        one = vmdock(env, *args, "-v", "up", "resume-lab", "--upto", "1")
+        assert "first step ran 1 time" in one.stdout + one.stderr
+        vmdock(env, *args, "up", "resume-lab")
+        assert "4 passed, 0 failed" in vmdock(env, *args, "verify", "resume-lab").stdout
+    finally:
+        vmdock(env, *args, "destroy", "resume-lab", check=False)
+
+
+def test_lab_image_then_up_from_it_and_reset(env, tmp_path):
+    labs = classroom_lab(tmp_path)
+    args = ["--labs-dir", str(labs)]
+    clean_start(env, "resume-lab", labs)
+    remove_lab_images("resume-lab")
+    box = "vmdock-resume-lab-box"
+    try:
+        built = vmdock(env, *args, "image", "build", "resume-lab")
+        assert "1 lab image(s)" in built.stdout, built.stdout
+        listed = json.loads(vmdock(env, *args, "image", "list", "--json").stdout)
+        mine = [r for r in listed if r["lab"] == "resume-lab"]
+        assert [r["machine"] for r in mine] == ["box"] and mine[0]["provider"] == "docker" and mine[0]["size"] > 0
+        vmdock(env, *args, "destroy", "resume-lab")
+        assert leftovers("resume-lab")["containers"] == []
+        assert docker_lines("images", "-q", "--filter", "label=vmdock.lab=resume-lab")  # destroy keeps it
+
+        up = vmdock(env, *args, "up", "resume-lab")
+        assert "starting from the lab image" in up.stderr + up.stdout and "nothing to do" in up.stdout
+        # "first step ran exactly once" passes: no step ran again; the keeper container runs again
+        assert "4 passed, 0 failed" in vmdock(env, *args, "verify", "resume-lab").stdout
+
+        # the student breaks it: the lab's container removed, the inner dockerd killed
+        subprocess.run(["docker", "exec", box, "docker", "rm", "-f", "keeper"], check=True, capture_output=True)
+        subprocess.run(["docker", "exec", box, "sh", "-c", "pkill -KILL -f vmdock-dockerd; pkill -KILL -x dockerd"],
+                       check=False, capture_output=True)
+        assert vmdock(env, *args, "verify", "resume-lab", check=False).returncode == 1
+        reset = vmdock(env, *args, "reset", "resume-lab")
+        assert "nothing to do" in reset.stdout
+        assert "4 passed, 0 failed" in vmdock(env, *args, "verify", "resume-lab").stdout
+    finally:
+        vmdock(env, *args, "destroy", "resume-lab", check=False)
+        remove_lab_images("resume-lab")
+    assert leftovers("resume-lab")["containers"] == []

@@ -12,8 +12,10 @@ import yaml
 
 from vmdock import hostscan
 from vmdock.driver import SshConfig
+from vmdock.classroom import Classroom
 from vmdock.engine import Engine
-from vmdock.errors import ProvisionError
+from vmdock.errors import ConfigError, ProvisionError, StateError
+from vmdock.labimages import LabImage
 from vmdock.events import Recorder
 from vmdock.lifecycle import Phase
 from vmdock.providers import NOT_CREATED, RUNNING
@@ -46,6 +48,10 @@ class World:
         self.scripts: list[tuple[str, str]] = []  # (machine, script name)
         self.fail_step: str | None = None
         self.native_wrong = False
+        self.fail_checks = False
+        self.images: list = []  # lab images "captured" by the fake provider
+        self.restored: list[str] = []
+        self.leftovers: list[str] = []  # what the fake provider's cleanup says it removed
 
 
 class FakeDriver:
@@ -99,6 +105,8 @@ class FakeTransport:
         self.world.scripts.append((self.machine, name))
         if name == self.world.fail_step:
             raise ProvisionError("failed on purpose", step=step)
+        if name == "check" and self.world.fail_checks:
+            return Result(1, "", "broken on purpose", 0.0)
         return Result(0, "", "", 0.0)
 
     def run(self, cmd, check=True, **kw):
@@ -116,8 +124,28 @@ class FakeTransport:
 
 def fake_provider(world: World, base: type):
     class Fake(base):  # type: ignore[misc, valid-type]
-        def render_options(self, lab, log, events, *, build=True):
-            return {"machine_image": "vmdock/fake:1", "create_args": [], "domain_type": "qemu"}
+        def render_options(self, lab, log, events, *, build=True, lab_images=None):
+            return {"machine_image": "vmdock/fake:1", "create_args": [], "domain_type": "qemu", "lab_images": lab_images or {}}
+
+        def lab_images(self, log):
+            return list(world.images)
+
+        def capture(self, lab, machine, tag, labels, log):
+            world.calls.append(f"capture {machine}")
+            world.images.append(LabImage.from_labels(tag, labels, 1000))
+            return "sha256:" + tag
+
+        def restore(self, lab, machine, log):
+            world.restored.append(machine)
+
+        def destroy(self, lab, log, *, background=False):
+            return None  # Vagrant (the fake driver) destroys
+
+        def cleanup(self, lab, log):
+            return list(world.leftovers)
+
+        def ssh_configs(self, lab, machines, log):
+            return None  # ask "Vagrant" (the fake driver)
 
         def machines(self, inst, log):
             return []  # no machine Vagrant does not know
@@ -262,12 +290,12 @@ def test_vagrant_is_asked_when_the_provider_disagrees_with_the_state(setup):
     assert world.calls[:4] == ["native", "status", "network", "up"]
 
 
-def test_destroy_forgets_the_machines(setup, monkeypatch):
+def test_destroy_forgets_the_machines(setup):
     engine, world, _ = setup()
     engine.up("ch97-engine")
-    monkeypatch.setattr(DockerProvider, "cleanup", lambda self, lab, log: ["cleaned"])
-    monkeypatch.setattr(DockerProvider, "destroy", lambda self, lab, log: None)  # then Vagrant destroys
+    world.leftovers = ["cleaned"]
     removed = engine.destroy("ch97-engine")
+    # the fake provider has no quick way (destroy → None): Vagrant destroys
     assert removed == ["machines (docker)", "cleaned", "network lease 192.168.56.0/28"] and "destroy" in world.calls
     state = engine.lab("ch97-engine").state()
     assert state.phase is Phase.DESTROYED and state.machines == {} and state.plan == []
@@ -287,3 +315,110 @@ def test_prune_keeps_what_a_lab_uses_and_the_current_machine_image():
     assert verdicts["vmdock/machine:debian12-used"] == "used by lab ch2-containers (vmdock-ch2-containers-docker)"
     assert "current machine image" in verdicts["vmdock/machine:debian12-now"]
     assert dict(prune_verdicts(rows, users, None))["vmdock/machine:debian12-now"] is None  # --all
+
+
+def test_render_options_never_build(tmp_path, monkeypatch):
+    """`vmdock render` in a new home with an empty cache: a tag, no debootstrap, no docker build."""
+    import subprocess
+
+    from vmdock.events import Events
+
+    monkeypatch.setenv("VMDOCK_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail(f"ran {a[0]}"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"ran {a[0]}"))
+    seen = Recorder()
+    values = DockerProvider().render_options(named_lab(), None, seen, build=False)
+    assert values["machine_image"] == "vmdock/machine:not-built-yet"
+    assert "--init" in values["create_args"]
+    assert any("not built yet" in e[1] for e in seen.events if e[0] == "info")
+    assert isinstance(seen, Events)
+
+
+def named_lab():
+    class _Lab:
+        name = "ch97-engine"
+
+    return _Lab()
+
+
+# -- student mode and lab images ---------------------------------------------------------
+
+
+def test_student_mode_then_the_remaining_steps(setup):
+    engine, world, _ = setup()
+    result = engine.up("ch97-engine", no_steps=True)
+    assert step_names(world) == [] and result.ran > 0  # machines, Docker, base image, files
+    row = engine.status("ch97-engine")[0]
+    assert row["phase"] == "provisioned" and row["mode"].startswith("student mode")
+    world.scripts.clear()
+    engine.up("ch97-engine", upto="3")
+    assert step_names(world) == ["step1", "step2", "step3"]
+    assert engine.status("ch97-engine")[0]["mode"].startswith("up to step 3 (step 3")
+    world.scripts.clear()
+    engine.up("ch97-engine", upto="step 5")  # a step's name
+    assert step_names(world) == ["step4", "step5"]
+    world.scripts.clear()
+    engine.up("ch97-engine")
+    assert step_names(world) == [f"step{i}" for i in range(6, 12)]
+    assert engine.status("ch97-engine")[0]["mode"] == "all steps"
+    with pytest.raises(ConfigError, match="--upto 'step 99': no step of that number or name"):
+        engine.up("ch97-engine", upto="step 99")
+
+
+def test_lab_image_build_then_up_and_reset_from_it_run_no_step(setup):
+    engine, world, _ = setup()
+    made = Classroom(engine).build_image("ch97-engine")  # brings it up, verifies, captures
+    assert [i.machine for i in made] == ["web", "db"] and len(world.images) == 2
+    assert engine.lab("ch97-engine").state().lab_images == {i.machine: i.tag for i in made}  # reset goes back to them
+    assert made[0].tag.startswith("vmdock/lab-ch97-engine-web:") and len(made[0].steps) == len(engine.lab("ch97-engine").state().plan)
+    engine.destroy("ch97-engine")
+    world.scripts.clear()
+    result = engine.up("ch97-engine")
+    assert result.ran == 0 and world.scripts == [] and world.restored == ["web", "db"]
+    state = engine.lab("ch97-engine").state()
+    assert state.lab_images == {i.machine: i.tag for i in made}
+    assert all(state.machines[m]["origin"] for m in ("web", "db"))
+    # whatever happened inside, reset makes the machines anew from the same images
+    Classroom(engine).reset("ch97-engine")
+    assert world.scripts == [] and world.restored == ["web", "db", "web", "db"]
+    assert world.calls.count("destroy") == 2
+    # --no-image: the full path
+    engine.destroy("ch97-engine")
+    engine.up("ch97-engine", use_images=False)
+    assert step_names(world) == [f"step{i}" for i in range(1, 12)]
+
+
+def test_a_changed_step_runs_again_on_top_of_the_image(setup):
+    engine, world, _ = setup()
+    Classroom(engine).build_image("ch97-engine")
+    engine.destroy("ch97-engine")
+    changed = dict(LAB, steps=[*LAB["steps"][:9], {"name": "step 10", "run": "echo changed", "on": ["web"]}, LAB["steps"][10]])
+    engine, world2, events = setup(lab=changed)
+    world2.images = world.images
+    engine.up("ch97-engine")
+    assert step_names(world2) == ["step10", "step11"]  # the changed step and those after it
+    assert any("lab changed since its image" in e[1] for e in events.events if e[0] == "info")
+
+
+def test_stale_or_unwanted_images_are_not_used(setup):
+    engine, world, _ = setup()
+    Classroom(engine).build_image("ch97-engine")
+    engine.destroy("ch97-engine")
+    world.scripts.clear()
+    engine.up("ch97-engine", no_steps=True)  # a full image has steps: not for student mode
+    assert world.restored == [] and step_names(world) == []
+    engine.destroy("ch97-engine")
+    stale = [LabImage(**{**i.__dict__, "base": "other"}) for i in world.images]
+    engine, world2, events = setup()
+    world2.images = stale
+    engine.up("ch97-engine")
+    assert world2.restored == [] and step_names(world2) == [f"step{i}" for i in range(1, 12)]
+    assert any("is stale" in e[1] for e in events.events if e[0] == "info")
+
+
+def test_image_build_refuses_a_lab_whose_checks_fail(setup):
+    engine, world, _ = setup()
+    world.fail_checks = True
+    with pytest.raises(StateError, match="1 check.s. fail .c.: a lab image is made only of a lab that passes"):
+        Classroom(engine).build_image("ch97-engine")
+    assert world.images == []

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from vmdock.seats import Instance
+
 pytestmark = [pytest.mark.e2e, pytest.mark.libvirt]
 
 HERE = Path(__file__).resolve().parent
@@ -79,11 +81,12 @@ def vmdock(env, *args, check=True, timeout=2400):
     return proc
 
 
-def leftovers() -> dict:
+def leftovers(env) -> dict:
+    inst = Instance(Path(env["VMDOCK_HOME"]), LAB)  # its domains, disks and network carry its id
     return {
-        "domains": [d for d in _virsh("list", "--all", "--name") if d.startswith(f"vmdock-{LAB}-")],
-        "volumes": [l.split()[0] for l in _virsh("vol-list", "default")[2:] if l.startswith(f"vmdock-{LAB}-")],
-        "networks": [n for n in _virsh("net-list", "--all", "--name") if n.startswith(LAB)],
+        "domains": [d for d in _virsh("list", "--all", "--name") if d.startswith(inst.prefix)],
+        "volumes": [l.split()[0] for l in _virsh("vol-list", "default")[2:] if l.startswith(inst.prefix)],
+        "networks": [n for n in _virsh("net-list", "--all", "--name") if n == inst.network_name],
     }
 
 
@@ -107,7 +110,7 @@ def test_lab_in_a_real_vm(env, tmp_path, libvirt_box):
         up = vmdock(env, *args, "up", LAB)
         assert "libvirt" in up.stdout + up.stderr
         assert "libvirt driver" in up.stderr, up.stderr  # the KVM/TCG choice is reported
-        assert leftovers()["domains"] == [f"vmdock-{LAB}-vm"]
+        assert leftovers(env)["domains"] == [Instance(Path(env["VMDOCK_HOME"]), LAB).machine_name("vm")]
         verify = vmdock(env, *args, "verify", LAB, "--json")
         report = json.loads(verify.stdout)
         assert report["failed"] == 0 and report["passed"] == 4, report
@@ -116,7 +119,7 @@ def test_lab_in_a_real_vm(env, tmp_path, libvirt_box):
         assert "nothing to do" in again.stdout
     finally:
         vmdock(env, *args, "destroy", LAB, check=False)
-    assert leftovers() == {"domains": [], "volumes": [], "networks": []}
+    assert leftovers(env) == {"domains": [], "volumes": [], "networks": []}
 
 
 @pytest.fixture

@@ -32,7 +32,9 @@ def test_unsupported_lab_images_say_so():
 
 
 def test_docker_ps_states():
-    out = "web\trunning\ndb\texited\ncache\tcreated\nbroken line\n\trunning\nrestarting\trestarting\n"
+    out = ("web\trunning\tvmdock-l-web\ndb\texited\tvmdock-l-db\ncache\tcreated\tc\nbroken line\n\trunning\tx\n"
+           "restarting\trestarting\tr\nweb\texited\tvmdock-retired-0123456789ab\n")
+    # a container `reset` retired (being removed) is not the machine
     assert container_states(out) == {"web": RUNNING, "db": "stopped", "cache": "stopped", "restarting": RUNNING}
 
 

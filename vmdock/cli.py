@@ -30,12 +30,11 @@ from . import __version__
 from .providers import NAMES as PROVIDER_NAMES
 from .errors import ConfigError, VmdockError
 from .events import Events
-from .loader import discover, resolve
+from .loader import LAB_FILE, discover, resolve, search_path
 from .model import Lab as LabModel
 from .settings import Settings
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     help="Hands-on Docker labs (《Docker开发实践》) in virtual machines: `vmdock up LAB`, then `vmdock verify LAB`.",
     pretty_exceptions_enable=False,
@@ -52,7 +51,15 @@ class _Opts:
 
 OPTS = _Opts()
 
-LabArg = typer.Argument(..., help="lab name (ch6-lamp), chapter (ch6) or number (6)")
+
+def _complete_lab(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Lab names for shell completion: folder names on the search path, no lab.yaml parsed."""
+    extra = ctx.find_root().params.get("labs_dir") or []
+    names = {f.parent.name for d in search_path(list(extra)) if d.is_dir() for f in d.glob(f"*/{LAB_FILE}")}
+    return sorted(n for n in names if n.startswith(incomplete))
+
+
+LabArg = typer.Argument(..., help="lab name (ch6-lamp), chapter (ch6) or number (6)", autocompletion=_complete_lab)
 
 
 def _print_version(value: bool) -> None:
@@ -156,7 +163,7 @@ def _engine(events: Events | None = None, provider: Optional[str] = None, **sett
 @app.command("list")
 def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """Every lab: name, chapter, title, machines, offline-capable, state."""
-    from .engine import LabHome
+    from .labhome import LabHome
 
     labs, problems = discover(OPTS.labs_dirs)
     rows = []
@@ -225,7 +232,7 @@ def steps(lab: str = LabArg):
 
     from ipaddress import IPv4Network
 
-    from .engine import LabHome
+    from .labhome import LabHome
     from .provision import env_key, remote_lab_dir
     from .render import machine_ips
 
@@ -287,12 +294,21 @@ def up(
     port_offset: Optional[int] = typer.Option(
         None, "--port-offset", help="move this seat's forwarded host ports by N, as a block (also VMDOCK_PORT_OFFSET; remembered)"
     ),
+    no_steps: bool = typer.Option(False, "--no-steps", help="student mode: machines, Docker, base image, lab files; none of the steps"),
+    upto: Optional[str] = typer.Option(None, "--upto", metavar="STEP", help="stop after this step (its number or name)"),
+    no_image: bool = typer.Option(False, "--no-image", help="do not start from a lab image: the full path"),
 ):
     """Render, bring the machines up, install Docker and run the case's steps (resumes where it stopped)."""
     events = RichEvents(OPTS.verbose)
     with events:
         engine = _engine(events, provider, images_dir=str(images_dir) if images_dir else None, port_offset=port_offset)
-        result = engine.up(lab)
+        result = engine.up(
+            lab, upto=upto, no_steps=no_steps, use_images=not no_image
+        )
+    _print_up(result)
+
+
+def _print_up(result) -> None:
     if result.ran == 0:
         console.print(f"[green]{result.lab} is up[/]: nothing to do, {result.skipped} steps already done ({result.seconds:.1f}s)")
     else:
@@ -301,6 +317,17 @@ def up(
             + (f", {result.skipped} already done" if result.skipped else "")
             + f" in {result.seconds:.1f}s. Next: vmdock verify {result.lab}"
         )
+
+
+@app.command()
+def reset(lab: str = LabArg):
+    """Make the lab's machines anew, as `up` left them (from the lab image; in student mode without steps)."""
+    from .classroom import Classroom
+
+    events = RichEvents(OPTS.verbose)
+    with events:
+        result = Classroom(_engine(events)).reset(lab)
+    _print_up(result)
 
 
 @app.command()
@@ -366,7 +393,8 @@ def status(
         machines = "\n".join(f"{m}: {v['state']}" + (f" ({v['ssh']})" if v["ssh"] else "") for m, v in r["machines"].items())
         ports = "\n".join(f"{p['host_ip']}:{p['host']}→{p['machine']}:{p['guest']}" for p in r["ports"])
         err = r["last_error"]["message"] if r["last_error"] else ""
-        table.add_row(r["lab"], r["provider"] or "-", r["phase"], escape(machines), escape(ports), str(r["steps_done"]),
+        phase = r["phase"] + f"\n[dim]{escape(r['mode'])}[/]" + ("\n[dim]from lab images[/]" if r["lab_images"] else "")
+        table.add_row(r["lab"], r["provider"] or "-", phase, escape(machines), escape(ports), str(r["steps_done"]),
                       r["last_good_step"] or "-", escape(err))
     console.print(table)
 
@@ -420,7 +448,7 @@ def prune(
     everything: bool = typer.Option(False, "--all", help="the current machine image too"),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Remove the shared images (machine images) that no lab on this host uses; say what is kept and why."""
+    """Remove the shared images (machine images, lab images) no lab on this host uses; say what is kept and why."""
     rows = _engine().prune(everything)
     if as_json:
         sys.stdout.write(json.dumps([{"image": r.image, "removed": r.removed, "why": r.why} for r in rows], indent=2) + "\n")
@@ -449,6 +477,51 @@ def doctor(as_json: bool = typer.Option(False, "--json")):
         console.print(table)
     if not any(r["status"] == "ok" and r["name"].startswith("provider ") for r in rows):
         raise typer.Exit(1)
+
+
+# -- lab images -------------------------------------------------------------------
+
+image_app = typer.Typer(no_args_is_help=True, help="Lab images: a lab's machines after its steps, to start `up` and `reset` from.")
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+def image_build(
+    lab: str = LabArg,
+    no_steps: bool = typer.Option(False, "--no-steps", help="the student-mode lab (no steps; its checks are not run)"),
+):
+    """Bring the lab up if needed, verify it, and capture each machine as a lab image."""
+    from .classroom import Classroom
+
+    events = RichEvents(OPTS.verbose)
+    start = time.monotonic()
+    with events:
+        made = Classroom(_engine(events)).build_image(lab, no_steps=no_steps)
+    console.print(f"[green]{len(made)} lab image(s)[/] in {time.monotonic() - start:.0f}s: " + ", ".join(i.tag for i in made),
+                  highlight=False)
+
+
+@image_app.command("list")
+def image_list(as_json: bool = typer.Option(False, "--json")):
+    """Every lab image on this host: lab, provider, machine, size, fingerprint, built when."""
+    from .classroom import Classroom
+
+    rows = [{"lab": i.lab, "provider": i.provider, "machine": i.machine, "image": i.tag, "size": i.size,
+             "fingerprint": i.fingerprint, "steps": len(i.steps), "built_at": i.built_at, "vmdock": i.version}
+            for i in Classroom(_engine()).list_images()]
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2, ensure_ascii=False) + "\n")
+        return
+    if not rows:
+        console.print("no lab image on this host (`vmdock image build LAB` makes one)")
+        return
+    table = Table(title="vmdock lab images")
+    for col in ("lab", "provider", "machine", "image", "size", "fingerprint", "items", "built"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["lab"], r["provider"], r["machine"], escape(r["image"]), f"{r['size'] / 1e6:.0f} MB",
+                      r["fingerprint"][:16], str(r["steps"]), r["built_at"])
+    console.print(table)
 
 
 # -- boxes ------------------------------------------------------------------------
@@ -500,6 +573,91 @@ def box_list(as_json: bool = typer.Option(False, "--json")):
         reg = "yes" if r["registered"] else ("no" if r["vmdock_box"] else "-")
         table.add_row(f"{r['box']}\n[dim]{escape(r['title'])}[/]", r["provider"], escape(uses), escape(built), reg)
     console.print(table)
+
+
+# -- bundles ----------------------------------------------------------------------
+
+bundle_app = typer.Typer(
+    no_args_is_help=True,
+    help="One file with everything some labs need offline: export where the network is, import in the classroom.",
+)
+app.add_typer(bundle_app, name="bundle")
+
+
+@bundle_app.command("export")
+def bundle_export(
+    file: Path = typer.Argument(..., help="the bundle to write (e.g. class.vmdock)"),
+    labs: list[str] = typer.Argument(
+        ..., help="labs to carry (names, chapters or numbers)", autocompletion=_complete_lab
+    ),
+    images_dir: Path | None = typer.Option(
+        None, "--images-dir", help="folder of `docker save` tarballs for online labs (also VMDOCK_IMAGES_DIR)"
+    ),
+    level: int = typer.Option(3, "--level", min=1, max=19, help="zstd level (3: fast to unpack, measured)"),
+):
+    """Write the machine image, lab images, rootfs, boxes and needed image tarballs of LABS into FILE."""
+    from . import bundle
+
+    loaded = [resolve(name, OPTS.labs_dirs) for name in dict.fromkeys(labs)]
+    settings = Settings.from_env(images_dir=str(images_dir) if images_dir else None)
+    start = time.monotonic()
+    with RichEvents(OPTS.verbose) as events:
+        manifest = bundle.export(file, loaded, settings, events, bundle.log_file(), level=level)
+    size = sum(m.size for m in manifest.members)
+    console.print(f"[green]{escape(str(file))}[/]: {len(manifest.members)} members, {size / 1e6:.0f} MB, "
+                  f"labs {escape(', '.join(e.name for e in manifest.labs))} ({time.monotonic() - start:.0f}s)")
+
+
+@bundle_app.command("import")
+def bundle_import(file: Path = typer.Argument(..., help="a bundle made by `vmdock bundle export`")):
+    """Check every member of FILE, then load its images and put its files into the cache (all or nothing)."""
+    from . import bundle
+
+    start = time.monotonic()
+    with RichEvents(OPTS.verbose) as events:
+        outcomes = bundle.import_bundle(file, events, bundle.log_file())
+        notes = bundle.lab_notes(bundle.read_manifest(file), OPTS.labs_dirs)
+    for o in outcomes:
+        what = ", ".join(r.ref for r in o.member.images) if o.member.kind == "docker-images" else o.member.target
+        note = f" [dim]({escape(o.note)})[/]" if o.note else ""
+        console.print(f"{o.status}: {o.member.kind} {escape(what)}{note}", soft_wrap=True)
+    for line in notes:
+        console.print(f"[yellow]note[/]: {escape(line)}", soft_wrap=True)
+    console.print(f"[green]{escape(str(file))} imported[/] ({time.monotonic() - start:.0f}s)")
+
+
+@bundle_app.command("inspect")
+def bundle_inspect(
+    file: Path = typer.Argument(..., help="a bundle"),
+    as_json: bool = typer.Option(False, "--json", help="print the manifest as JSON"),
+):
+    """Show a bundle's manifest (members, labs, notes) without importing anything."""
+    from . import bundle
+
+    manifest = bundle.read_manifest(file)
+    if as_json:
+        sys.stdout.write(manifest.model_dump_json(indent=2) + "\n")
+        return
+    made = f"made by vmdock {manifest.vmdock_version} at {manifest.created}"
+    console.print(f"vmdock bundle v{manifest.format_version}, {made}", markup=False, highlight=False)
+    table = Table(title=str(file))
+    for col in ("member", "kind", "size", "content", "sha256"):
+        table.add_column(col, overflow="fold")
+    for m in manifest.members:
+        content = "\n".join(r.ref for r in m.images) or m.target
+        table.add_row(escape(m.path), m.kind, f"{m.size / 1e6:.1f} MB", escape(content), m.sha256[:16])
+    console.print(table)
+    for e in manifest.labs:
+        lab_images = escape(", ".join(e.lab_images) or "none")
+        console.print(f"lab {escape(e.name)} [dim]{e.fingerprint[:16]}[/]: lab images {lab_images}"
+                      + (f"; needs {escape(', '.join(e.needs_images))}" if e.needs_images else ""))
+        for note in e.notes:
+            console.print(f"  [yellow]note[/]: {escape(note)}")
+    for note in manifest.notes:
+        console.print(f"[yellow]note[/]: {escape(note)}")
+
+
+bundle_app.command("list", help="Same as `inspect`.")(bundle_inspect)
 
 
 # -- entry point ------------------------------------------------------------------

@@ -14,53 +14,25 @@ import ipaddress
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import paths, providers, seats
+from . import paths, preflight, providers, seats
 from .driver import machine_id
 from .errors import CommandError, StateError, VmdockError
 from .events import Events
+from .labhome import LabHome, UpResult, ssh_argv, status_row, step_limit, step_number
 from .lifecycle import Phase
-from .loader import LoadedLab, resolve
+from .loader import resolve
 from .providers import NOT_CREATED, RUNNING, Provider
 from .runlog import Log
 from .settings import Settings
 from .state import LabState, lab_lock
 
 if TYPE_CHECKING:
-    from .provision import Context
+    from .provision import Context, Item
     from .transport import Transport
     from .verify import CheckResult
-
-
-@dataclass
-class UpResult:
-    lab: str
-    provider: str
-    ran: int
-    skipped: int
-    seconds: float
-
-
-class LabHome:
-    """One lab's runtime folder: Vagrantfile, .vagrant/, state.json, vmdock.log."""
-
-    def __init__(self, loaded: LoadedLab):
-        self.loaded = loaded
-        self.name = loaded.name
-        self.home = paths.lab_home(self.name)
-        self.vagrantfile = self.home / "Vagrantfile"
-        self.log = Log(self.home / "vmdock.log")
-        self.instance = seats.Instance(paths.vmdock_home(), self.name)
-
-    def state(self) -> LabState:
-        return LabState.load(self.home / "state.json", self.name)
-
-    @property
-    def machine_names(self) -> list[str]:
-        return [m.name for m in self.loaded.lab.machines]
 
 
 def _vagrant_driver(root: Path, log: Log, *, lab: str, provider: str, on_line=None):
@@ -99,13 +71,18 @@ class Engine:
     def lab(self, name: str) -> LabHome:
         return LabHome(resolve(name, self.labs_dirs))
 
-    def _driver(self, home: LabHome, provider: str):
+    def driver(self, home: LabHome, provider: str):
         return self._driver_factory(
             home.home, home.log, lab=home.name, provider=provider, on_line=lambda line: self.events.line("vagrant", line)
         )
 
+    def provider_of(self, state: LabState) -> Provider:
+        """The provider the lab's machines were made with (state.provider must be set)."""
+        assert state.provider
+        return self._forced_provider or providers.get(state.provider, self.settings.apt_mirror)
+
     # -- render ---------------------------------------------------------------
-    def _provider(self, home: LabHome, state: LabState) -> Provider:
+    def choose_provider(self, home: LabHome, state: LabState) -> Provider:
         if self._forced_provider is not None:
             return self._forced_provider
         requested = self.settings.provider
@@ -121,22 +98,12 @@ class Engine:
         self.events.info(f"provider: {why}")
         return provider
 
-    def _vagrantfile(self, home: LabHome, provider: Provider, seat: seats.Seat, *, build: bool) -> str:
+    def _vagrantfile(self, home: LabHome, provider: Provider, seat: seats.Seat, *, build: bool,
+                     lab_images: dict | None = None) -> str:
         from .render import RenderOptions, render
 
-        values = provider.render_options(home.loaded, home.log, self.events, build=build)
+        values = provider.render_options(home.loaded, home.log, self.events, build=build, lab_images=lab_images)
         return render(home.loaded, RenderOptions(provider.name, values), seat)
-
-    def _seat(self, home: LabHome, state: LabState) -> seats.Seat:
-        """The instance's network (leased host-wide, kept in the state) and port offset."""
-        from .hostscan import claim_network
-
-        subnet = claim_network(home.instance, home.log)
-        if state.network != str(subnet):
-            state.network = str(subnet)
-            state.save()
-        offset = self.settings.port_offset
-        return seats.Seat(home.instance, subnet, state.port_offset if offset is None else offset)
 
     def port_offset(self, name: str) -> int:
         """The seat's port offset: as the settings say, else as the lab's state recorded it."""
@@ -150,23 +117,28 @@ class Engine:
         home = self.lab(name)
         with lab_lock(home.home, home.name, "render"):
             state = home.state()
-            provider = self._provider(home, state)
-            write_atomic(home.vagrantfile, self._vagrantfile(home, provider, self._seat(home, state), build=False))
+            provider = self.choose_provider(home, state)
+            seat = preflight.claim_seat(home, state, self.settings.port_offset)
+            text = self._vagrantfile(home, provider, seat, build=False, lab_images=state.lab_images)
+            write_atomic(home.vagrantfile, text)
         return home.vagrantfile
 
     # -- up ---------------------------------------------------------------------
-    def up(self, name: str) -> UpResult:
+    def up(self, name: str, *, upto: str | None = None, no_steps: bool = False, use_images: bool = True) -> UpResult:
+        """Bring the lab up: every step, or none (``no_steps``: student mode), or up to ``upto``
+        (a step's number or name).  ``use_images``: start from a matching lab image."""
         from . import needs
 
         home = self.lab(name)
+        limit = 0 if no_steps else step_limit(home.loaded, upto)
         start = time.monotonic()
         # containerlab's rule: find out what is missing before creating anything (no state, no lock file)
-        image_tarballs = needs.check(home.loaded.lab, self.settings, loaded=home.state().images)
+        image_tarballs = needs.check(home.loaded.lab, self.settings, loaded=home.state().images, on_info=self.events.info)
         with lab_lock(home.home, home.name, "up"):
             state = home.state()
             home.log.event(f"=== vmdock up {home.name} ===")
             try:
-                return self._up(home, state, start, image_tarballs)
+                return self._up(home, state, start, image_tarballs, limit, use_images)
             except VmdockError as exc:
                 exc.with_context(lab=home.name, log=home.log.path)
                 self._failed(home, state, {
@@ -189,20 +161,33 @@ class Engine:
         state.save()
         home.log.event(f"failed: {error['message']}")
 
-    def _up(self, home: LabHome, state: LabState, start: float, image_tarballs: dict) -> UpResult:
+    def _up(self, home: LabHome, state: LabState, start: float, image_tarballs: dict, limit: int | None,
+            use_images: bool) -> UpResult:
         from .render import write_atomic
 
-        provider = self._provider(home, state)
-        seat = self._seat(home, state)
-        text = self._vagrantfile(home, provider, seat, build=True)
+        provider = self.choose_provider(home, state)
+        seat = preflight.claim_seat(home, state, self.settings.port_offset)  # the plan needs its addresses
+        seeds = {}
+        if use_images and not state.machines and provider.supports_lab_images:
+            from .classroom import Classroom
+
+            seeds = Classroom(self).seeds(home, state, provider, limit)
+        if not use_images and not state.machines:
+            state.lab_images = {}
+        lab_images = {m: image.tag for m, image in seeds.items()} or state.lab_images
+        text = self._vagrantfile(home, provider, seat, build=True, lab_images=lab_images)
         if not home.vagrantfile.exists():
             write_atomic(home.vagrantfile, text)  # nothing to compare with; `vagrant status` reads it
-        driver = self._driver(home, provider.name)
-        statuses = self._preflight(home, state, provider, driver, seat, text)
+        driver = self.driver(home, provider.name)
+        preflight.remove_orphans(home, provider, self.events.info)
+        statuses = self.machine_states(home, state, provider, driver)
+        recreated = provider.on_settings_changed == "recreate" and home.vagrantfile.read_text(encoding="utf-8") != text
+        preflight.before_up(home, provider, seat, statuses, recreated)
         changed = write_atomic(home.vagrantfile, text)
         state.port_offset = seat.port_offset
         state.provider = provider.name
         state.lab_folder = str(home.loaded.folder)
+        state.lab_images = dict(lab_images)
         if state.phase in (Phase.NEW, Phase.DESTROYED):
             state.move(Phase.RENDERED)
         state.save()
@@ -210,57 +195,39 @@ class Engine:
         self.events.task("machines")
         t0 = time.monotonic()
         ids, boots, down = self._boot(home, state, provider, driver, statuses, seat=seat, settings_changed=changed)
-        if down or set(state.machines) != set(ids) or any(
+        origins = {m: state.machines.get(m, {}).get("origin") for m in ids}
+        if seeds:
+            snapshot = next(iter(seeds.values())).state
+            for m in ids:
+                provider.restore(home.instance, m, home.log)
+                origins[m], boots[m] = snapshot["machines"][m]["origin"], snapshot["machines"][m]["boots"]
+            state.steps = dict(snapshot["steps"])
+            state.exports.update(snapshot.get("exports", {}))
+            state.secrets.update(snapshot.get("secrets", {}))
+        if seeds or down or set(state.machines) != set(ids) or any(
             rec.get("id") != ids[m] or "ssh" not in rec for m, rec in state.machines.items()
         ):
-            configs = driver.ssh_config()
+            configs = provider.ssh_configs(home.instance, list(ids), home.log) or driver.ssh_config()
             missing = [m for m in ids if m not in configs]
             if missing:
                 raise CommandError(
                     f"vagrant ssh-config has no entry for {', '.join(missing)}", lab=home.name, log=home.log.path
                 )
             state.machines = {m: {"id": ids[m], "boots": boots[m], "ssh": configs[m].to_dict()} for m in ids}
+            for m, origin in origins.items():
+                if origin:
+                    state.machines[m]["origin"] = origin  # made from a lab image: the captured machine's identity
         if state.phase != Phase.PROVISIONED or down:
             state.move(Phase.BOOTED)
         state.save()
         self.events.task_done("machines", time.monotonic() - t0)
 
-        ran, total = self._provision(home, state, {m: f"{ids[m]}#{boots[m]}" for m in ids}, image_tarballs)
+        ran, total = self._provision(home, state, image_tarballs, limit)
+        state.steps_upto = limit
         state.move(Phase.PROVISIONED)
         state.last_error = None
         state.save()
         return UpResult(home.name, provider.name, ran, total - ran, time.monotonic() - start)
-
-    def _preflight(self, home: LabHome, state: LabState, provider: Provider, driver, seat: seats.Seat,
-                   vagrantfile: str) -> dict[str, str]:
-        """Before `vagrant up`: remove the instance's machines Vagrant does not know (a run
-        killed inside `vagrant up` leaves them, holding its ports), refuse taken host ports
-        naming their holder, make the instance's network.  Returns the machines' states."""
-        inst = home.instance
-        found = provider.machines(inst, home.log)
-        if found:
-            known = [machine_id(home.home, d.name) for d in (home.home / ".vagrant" / "machines").glob("*")]
-            lost = seats.orphans(found, inst.id, [k for k in known if k])
-            if lost:
-                self.events.info(
-                    f"removing {', '.join(m.name for m in lost)}: machine(s) of this lab that Vagrant did not know "
-                    "(left by a `vmdock up` stopped inside `vagrant up`)"
-                )
-                provider.remove(lost, home.log)
-        statuses = self.machine_states(home, state, provider, driver)
-        recreated = provider.on_settings_changed == "recreate" and home.vagrantfile.read_text(encoding="utf-8") != vagrantfile
-        starting = [m for m in home.loaded.lab.machines if recreated or statuses.get(m.name) != RUNNING]
-        if starting:
-            self._check_ports(home, starting, seat)
-            provider.prepare_network(seat, home.log)
-        return statuses
-
-    @staticmethod
-    def _check_ports(home: LabHome, machines: list, seat: seats.Seat) -> None:
-        from .hostscan import check_ports
-
-        ports = seats.effective_ports(machines, seat.port_offset, str(home.loaded.file))
-        check_ports(home.instance, ports, seat.port_offset, home.log)
 
     def _boot(self, home: LabHome, state: LabState, provider: Provider, driver, statuses: dict[str, str], *,
               seat: seats.Seat, settings_changed: bool):
@@ -283,7 +250,7 @@ class Engine:
                 driver.up()
             except CommandError as exc:
                 if "already in use" in (exc.stderr_tail or ""):  # taken since the preflight: say by whom
-                    self._check_ports(home, home.loaded.lab.machines, seat)
+                    preflight.ports(home, home.loaded.lab.machines, seat)
                 if provider.up_hint and not exc.hint:
                     exc.hint = provider.up_hint
                 raise
@@ -310,16 +277,27 @@ class Engine:
             if not disagree:
                 return native
             home.log.event(f"{provider.name} and the state file disagree on {', '.join(disagree)}: asking Vagrant")
-        driver = driver or self._driver(home, provider.name)
+        driver = driver or self.driver(home, provider.name)
         return driver.status()
 
-    def _provision(self, home: LabHome, state: LabState, machine_ids: dict[str, str], image_tarballs: dict) -> tuple[int, int]:
-        """Run the plan's items not done yet: (how many ran, how many in the plan)."""
-        from .provision import build_plan, run_plan
+    def plan(self, home: LabHome, state: LabState, image_tarballs: dict, limit: int | None) -> tuple[Context, list[Item]]:
+        """The provisioning plan, cut after the lab's step ``limit`` (None: every step).
+
+        A machine's identity in the fingerprints is its id and boot count, or, when it was
+        made from a lab image, those of the machine the image was captured from."""
+        from .provision import build_plan
 
         ctx = self._context(home, state)
         ctx.image_tarballs = image_tarballs
-        plan = build_plan(ctx, machine_ids)
+        identities = {m: f"{rec.get('origin') or rec.get('id', '')}#{rec.get('boots', 0)}" for m, rec in state.machines.items()}
+        plan = build_plan(ctx, identities)
+        return ctx, [item for item in plan if item.builtin or limit is None or step_number(item.key) <= limit]
+
+    def _provision(self, home: LabHome, state: LabState, image_tarballs: dict, limit: int | None) -> tuple[int, int]:
+        """Run the plan's items not done yet: (how many ran, how many in the plan)."""
+        from .provision import run_plan
+
+        ctx, plan = self.plan(home, state, image_tarballs, limit)
         state.plan = [item.key for item in plan]
         state.save()
         if all(state.is_done(item.key, item.fingerprint) for item in plan):
@@ -407,36 +385,10 @@ class Engine:
         live_states: dict[str, str] = {}
         if live and home.vagrantfile.exists() and state.provider:
             try:
-                provider = providers.get(state.provider)
-                live_states = self.machine_states(home, state, provider, refresh=refresh)
+                live_states = self.machine_states(home, state, self.provider_of(state), refresh=refresh)
             except VmdockError as exc:
                 live_states = {m: f"unknown ({exc.message})" for m in home.machine_names}
-        machines = {}
-        for m in home.machine_names:
-            rec = state.machines.get(m, {})
-            ssh = rec.get("ssh")
-            machines[m] = {
-                "state": live_states.get(m, NOT_CREATED if not rec else "unknown"),
-                "ssh": f"{ssh['user']}@{ssh['host']}:{ssh['port']}" if ssh else None,
-            }
-        last = state.last_good_step()
-        ports = seats.effective_ports(home.loaded.lab.machines, state.port_offset, str(home.loaded.file))
-        return {
-            "lab": home.name,
-            "instance": home.instance.id,
-            "network": state.network,
-            "port_offset": state.port_offset,
-            "ports": [{"machine": p.machine, "guest": p.guest, "host": p.host, "host_ip": p.host_ip, "protocol": p.protocol}
-                      for p in ports],
-            "provider": state.provider,
-            "phase": state.phase.value,
-            "machines": machines,
-            "steps_done": len(state.steps),
-            "last_good_step": (state.steps[last].get("title") or last) if last else None,
-            "last_error": state.last_error,
-            "home": str(home.home),
-            "log": str(home.log.path),
-        }
+        return status_row(home, state, live_states)
 
     def halt(self, name: str) -> None:
         home = self.lab(name)
@@ -446,7 +398,7 @@ class Engine:
                 raise StateError("the lab has no machines", lab=home.name)
             self.events.task("halt")
             t0 = time.monotonic()
-            self._driver(home, state.provider).halt()
+            self.driver(home, state.provider).halt()
             state.move(Phase.HALTED)
             state.save()
             self.events.task_done("halt", time.monotonic() - t0)
@@ -458,32 +410,33 @@ class Engine:
         keeps boxes: `vmdock prune` removes the unused ones.
         """
         home = self.lab(name)
-        removed: list[str] = []
         with lab_lock(home.home, home.name, "destroy"):
             state = home.state()
             home.log.event(f"=== vmdock destroy {home.name} ===")
-            if home.vagrantfile.exists() and state.provider:
-                self.events.task("destroy")
-                t0 = time.monotonic()
-                native = providers.get(state.provider).destroy(home.instance, home.log)
-                if native is None:
-                    self._driver(home, state.provider).destroy()
-                    native = [f"machines ({state.provider})"]
-                removed += native
-                self.events.task_done("destroy", time.monotonic() - t0)
+            removed = self.remove_machines(home, state) if home.vagrantfile.exists() and state.provider else []
             # what Vagrant left; with no provider on record, whatever any provider may have left
-            names = [state.provider] if state.provider else list(providers.NAMES)
-            for p in names:
-                removed += providers.get(p).cleanup(home.instance, home.log)
+            leftovers = [self.provider_of(state)] if state.provider else [providers.get(p) for p in providers.NAMES]
+            for provider in leftovers:
+                removed += provider.cleanup(home.instance, home.log)
             with seats.host_lock(f"giving back {home.name}'s network"):
                 removed += [f"network lease {net}" for net in seats.release_subnet(home.instance)]
-            for path in (home.vagrantfile, home.home / ".vagrant"):
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
+            home.vagrantfile.unlink(missing_ok=True)
             state.reset()
             state.save()
+        return removed
+
+    def remove_machines(self, home: LabHome, state: LabState, *, background: bool = False) -> list[str]:
+        """Remove the lab's machines (the provider's quick way, else `vagrant destroy`) and
+        Vagrant's folder of them; the caller holds the lab's lock.  Say what was removed."""
+        provider = self.provider_of(state)
+        self.events.task("destroy")
+        t0 = time.monotonic()
+        removed = provider.destroy(home.instance, home.log, background=background)
+        if removed is None:
+            self.driver(home, provider.name).destroy()
+            removed = [f"machines ({provider.name})"]
+        shutil.rmtree(home.home / ".vagrant", ignore_errors=True)
+        self.events.task_done("destroy", time.monotonic() - t0)
         return removed
 
     def instances(self) -> list[dict]:
@@ -502,18 +455,5 @@ class Engine:
         return out
 
     def ssh_argv(self, name: str, machine: str | None) -> list[str]:
-        from .driver import SshConfig
-
         home = self.lab(name)
-        state = home.state()
-        if not state.machines:
-            raise StateError("the lab is not up", lab=home.name, hint=f"`vmdock up {home.name}`")
-        machine = machine or home.machine_names[0]
-        if machine not in state.machines:
-            raise StateError(f"no machine {machine!r} (machines: {', '.join(state.machines)})", lab=home.name)
-        ssh = SshConfig.from_dict(state.machines[machine]["ssh"])
-        argv = ["ssh", "-p", str(ssh.port), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "LogLevel=ERROR", "-F", "/dev/null"]
-        for key in ssh.identity_files:
-            argv += ["-i", key]
-        return argv + [f"{ssh.user}@{ssh.host}"]
+        return ssh_argv(home, home.state(), machine)

@@ -99,6 +99,12 @@ class MissingError(VmdockError):
     exit_status = 4
 
 
+class BundleError(VmdockError):
+    """A bundle file is damaged, truncated or of another format."""
+
+    exit_status = 2
+
+
 def tail(text: str | bytes, lines: int = 15) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")

@@ -3,7 +3,9 @@
 An online lab lists the images it pulls (``needs.images``).  Before anything is
 created, ``vmdock up`` checks that each can be had: from a folder of image
 tarballs (``--images-dir`` / ``VMDOCK_IMAGES_DIR``, made with ``docker save``),
-through a configured registry mirror, or from Docker Hub itself.  When none
+from the tarballs an imported bundle left in ``cache_dir()/images``
+(``vmdock bundle import``), through a configured registry mirror, or from
+Docker Hub itself.  When none
 works it stops with one message that says what is missing and the two ways to
 provide it.
 """
@@ -14,8 +16,10 @@ import os
 import tarfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
+from . import paths
 from .errors import ConfigError, MissingError
 from .settings import Settings
 
@@ -66,6 +70,11 @@ def images_dir_index(folder: str | None) -> dict[str, Path]:
     return index
 
 
+def bundle_images_dir() -> Path:
+    """Where `vmdock bundle import` puts the image tarballs of online labs."""
+    return paths.cache_dir() / "images"
+
+
 def registry_reachable(timeout: float = 5.0) -> tuple[bool, str]:
     url = os.environ.get("VMDOCK_REGISTRY_PROBE") or DEFAULT_PROBE
     try:
@@ -78,17 +87,25 @@ def registry_reachable(timeout: float = 5.0) -> tuple[bool, str]:
         return False, f"{url}: {reason}"
 
 
-def check(lab, settings: Settings, loaded: list[str] | None = None) -> dict[str, Path]:
+def check(
+    lab, settings: Settings, loaded: list[str] | None = None, on_info: Callable[[str], None] | None = None
+) -> dict[str, Path]:
     """Return the tarballs to load for the lab's images; raise MissingError when some cannot be had.
 
     ``loaded``: images already loaded into the lab's machines by an earlier `up`.
+    The images folder wins over the bundle's folder; ``on_info`` hears which
+    images come from the bundle.
     """
     done = {normalize(r) for r in (loaded or [])}
     wanted = [r for r in dict.fromkeys(lab.needs.images) if normalize(r) not in done]
     if not wanted:
         return {}
-    index = images_dir_index(settings.images_dir)
+    bundled = bundle_images_dir()
+    index = {**(images_dir_index(str(bundled)) if bundled.is_dir() else {}), **images_dir_index(settings.images_dir)}
     from_dir = {ref: index[normalize(ref)] for ref in wanted if normalize(ref) in index}
+    for ref, tarball in from_dir.items():
+        if on_info and tarball.parent == bundled:
+            on_info(f"{lab.name} needs {ref}: from the bundle ({tarball})")
     missing = [ref for ref in wanted if ref not in from_dir]
     if not missing or settings.registry_mirrors:
         return from_dir
@@ -102,6 +119,7 @@ def check(lab, settings: Settings, loaded: list[str] | None = None) -> dict[str,
             "either set a registry mirror, e.g. VMDOCK_REGISTRY_MIRRORS=https://<mirror> "
             "(written to each machine's daemon.json), or load them from tarballs: on a machine that has "
             f"them, `docker save -o DIR/<name>.tar {' '.join(missing)}`, then `vmdock up {lab.name} --images-dir DIR` "
-            "(or VMDOCK_IMAGES_DIR=DIR)"
+            "(or VMDOCK_IMAGES_DIR=DIR), or import a bundle made there (`vmdock bundle export FILE "
+            f"{lab.name}`, then `vmdock bundle import FILE` here)"
         ),
     )

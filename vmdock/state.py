@@ -40,6 +40,8 @@ class LabState:
     machines: dict[str, dict] = field(default_factory=dict)  # name → {"id":…, "ssh": {…}}
     steps: dict[str, dict] = field(default_factory=dict)  # key → {"fingerprint", "seconds", "at"}
     plan: list[str] = field(default_factory=list)  # the step keys of the last plan, in its order
+    steps_upto: int | None = None  # the lab's steps `up` was asked for: None all, 0 none (student mode)
+    lab_images: dict[str, str] = field(default_factory=dict)  # machine → the lab image it was made from
     secrets: dict[str, str] = field(default_factory=dict)
     exports: dict[str, str] = field(default_factory=dict)
     images: list[str] = field(default_factory=list)  # images loaded into the machines from --images-dir
@@ -74,6 +76,8 @@ class LabState:
             machines=data.get("machines", {}),
             steps=data.get("steps", {}),
             plan=data.get("plan", []),
+            steps_upto=data.get("steps_upto"),
+            lab_images=data.get("lab_images", {}),
             secrets=data.get("secrets", {}),
             exports=data.get("exports", {}),
             images=data.get("images", []),
@@ -93,6 +97,8 @@ class LabState:
             "machines": self.machines,
             "steps": self.steps,
             "plan": self.plan,
+            "steps_upto": self.steps_upto,
+            "lab_images": self.lab_images,
             "secrets": self.secrets,
             "exports": self.exports,
             "images": self.images,
@@ -157,6 +163,8 @@ class LabState:
         self.machines.clear()
         self.steps.clear()
         self.plan.clear()
+        self.lab_images.clear()
+        self.steps_upto = None
         self.exports.clear()
         self.images.clear()
         self.secrets.clear()

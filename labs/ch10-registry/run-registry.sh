@@ -23,8 +23,9 @@ plain)
     url="http://127.0.0.1:$REGISTRY_PORT/v2/" want=200 curl_opts=()
     ;;
 secure)
-    [ -s "$SECURE_DIR/secure/server.key" ] && [ -s "$SECURE_DIR/secure/htpasswd" ] \
-        || { echo "run tls/make-certs.sh and htpasswd first" >&2; exit 1; }
+    if ! { [ -s "$SECURE_DIR/secure/server.key" ] && [ -s "$SECURE_DIR/secure/htpasswd" ]; }; then
+        echo "run tls/make-certs.sh and htpasswd first" >&2; exit 1
+    fi
     install -m 0644 registry/config-auth.yml "$SECURE_DIR/config-auth.yml"
     # the registry runs as the image's docker-registry user: let it (only it) read
     # its key and the password file

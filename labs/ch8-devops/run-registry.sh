@@ -5,8 +5,9 @@
 # tls/make-certs.sh and the htpasswd file done before.
 set -euo pipefail
 : "${REGISTRY_IMAGE:?}" "${REGISTRY_PORT:?}" "${REGISTRY_VOLUME:?}" "${SECURE_DIR:?}"
-[ -s "$SECURE_DIR/secure/server.key" ] && [ -s "$SECURE_DIR/secure/htpasswd" ] \
-    || { echo "run tls/make-certs.sh and htpasswd first" >&2; exit 1; }
+if ! { [ -s "$SECURE_DIR/secure/server.key" ] && [ -s "$SECURE_DIR/secure/htpasswd" ]; }; then
+    echo "run tls/make-certs.sh and htpasswd first" >&2; exit 1
+fi
 
 docker rm -f registry >/dev/null 2>&1 || true
 docker volume create "$REGISTRY_VOLUME" >/dev/null   # a no-op when it exists

@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from ..errors import ProviderError
 
 if TYPE_CHECKING:
+    from ..driver import SshConfig
     from ..events import Events
+    from ..labimages import LabImage
     from ..loader import LoadedLab
     from ..runlog import Log
     from ..seats import Instance, Machine, Seat
@@ -104,6 +106,8 @@ class Provider(ABC):
     uses_boxes: ClassVar[bool] = True
     #: what to say when `vagrant up` fails and the error has no hint
     up_hint: ClassVar[str | None] = None
+    #: whether ``capture``/``restore``/``lab_images`` work (lab images)
+    supports_lab_images: ClassVar[bool] = False
 
     def __init__(self, mirror: str | None = None):
         self.mirror = mirror  # the apt mirror machine images are built from (docker)
@@ -113,11 +117,19 @@ class Provider(ABC):
         """Whether the provider can work on this host, cheaply (no `vagrant` call)."""
 
     @abstractmethod
-    def render_options(self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True) -> dict:
+    def render_options(
+        self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True, lab_images: dict[str, str] | None = None
+    ) -> dict:
         """What ``Vagrantfile.j2``'s block for this provider needs beyond the lab.
 
         ``build`` false (``vmdock render``): compute, never build anything.
+        ``lab_images``: machine → the lab image to make it from.
         """
+
+    def base_image(self) -> str:
+        """What the machines are made from, when it can be told without building (a lab
+        image's base includes it): the docker machine image's tag; '' for box-based VMs."""
+        return ""
 
     def check_options(self, options: dict) -> None:
         """Refuse options the template cannot render (a ConfigError)."""
@@ -150,9 +162,15 @@ class Provider(ABC):
     def remove(self, machines: list[Machine], log: Log) -> None:
         """Remove machines Vagrant does not know (``machines`` found them)."""
 
-    def destroy(self, inst: Instance, log: Log) -> list[str] | None:
+    def ssh_configs(self, inst: Instance, machines: list[str], log: Log) -> dict[str, SshConfig] | None:
+        """Each running machine's SSH settings, asked of the provider (a `vagrant ssh-config`
+        costs seconds); None: ask Vagrant."""
+        return None
+
+    def destroy(self, inst: Instance, log: Log, *, background: bool = False) -> list[str] | None:
         """Remove the instance's machines without Vagrant, when the provider can do it quicker
-        (say what was removed); None: `vagrant destroy` does it."""
+        (say what was removed); None: `vagrant destroy` does it.  ``background``: what takes
+        long may go on after this returns, as long as new machines can be made at once."""
         return None
 
     def cleanup(self, inst: Instance, log: Log) -> list[str]:
@@ -166,10 +184,15 @@ class Provider(ABC):
         """
         return []
 
-    def capture(self, lab: LoadedLab, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
-        """Save a machine as a lab image named ``tag``; return its id."""
+    def lab_images(self, log: Log) -> list[LabImage]:
+        """Every lab image of this provider on this host."""
+        return []
+
+    def capture(self, inst: Instance, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
+        """Save a machine of a lab that is up as a lab image named ``tag``; return its id.
+        The machine runs on as it was."""
         raise ProviderError(f"the {self.name} provider cannot capture lab images (not supported yet)")
 
-    def restore(self, lab: LoadedLab, machine: str, tag: str, log: Log) -> None:
-        """Make a machine's first start from a lab image complete (data the image keeps aside)."""
+    def restore(self, inst: Instance, machine: str, log: Log) -> None:
+        """Check (or complete) a machine's first start from a lab image; raise when it failed."""
         raise ProviderError(f"the {self.name} provider cannot start from lab images (not supported yet)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .base import (
@@ -22,15 +23,19 @@ from .base import (
 )
 
 if TYPE_CHECKING:
+    from ..driver import SshConfig
     from ..events import Events
+    from ..labimages import LabImage
     from ..loader import LoadedLab
     from ..runlog import Log
     from ..seats import Instance, Machine, Seat
 
-#: the labels vmdock's Vagrantfile puts on every machine container (seats.Instance.labels)
+#: the labels vmdock's Vagrantfile puts on every machine container
 INSTANCE_LABEL = "vmdock.instance"
 LAB_LABEL = "vmdock.lab"
 MACHINE_LABEL = "vmdock.machine"
+#: the name of a machine container `reset` threw away, while it is being removed
+RETIRED_PREFIX = "vmdock-retired-"
 
 
 def docker_daemon() -> tuple[bool, str]:
@@ -45,11 +50,13 @@ def docker_daemon() -> tuple[bool, str]:
 
 
 def container_states(ps_lines: str) -> dict[str, str]:
-    """``docker ps -a`` lines ``<machine label>\\t<State>`` → machine → Vagrant state."""
+    """``docker ps -a`` lines ``<machine label>\\t<State>\\t<name>`` → machine → Vagrant state
+    (containers that `reset` retired, being removed, left out)."""
     out: dict[str, str] = {}
     for line in ps_lines.splitlines():
-        machine, sep, state = line.partition("\t")
-        if not sep or not machine:
+        machine, sep, rest = line.partition("\t")
+        state, _, name = rest.partition("\t")
+        if not sep or not machine or name.startswith(RETIRED_PREFIX):
             continue
         # Vagrant's docker provider: running when `docker ps` lists it, else stopped
         out[machine] = RUNNING if state.strip() in ("running", "restarting") else "stopped"
@@ -74,6 +81,7 @@ class DockerProvider(Provider):
     on_settings_changed = "recreate"
     default_hostname = True
     uses_boxes = False
+    supports_lab_images = True
 
     def probe(self) -> Probe:
         if not shutil.which("vagrant"):
@@ -85,25 +93,25 @@ class DockerProvider(Provider):
             return Probe(self.name, False, f"dockerd is not reachable: {detail}")
         return Probe(self.name, True, "dockerd answers; machines are containers running sshd and their own dockerd")
 
-    def render_options(self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True) -> dict:
+    def render_options(
+        self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True, lab_images: dict[str, str] | None = None
+    ) -> dict:
         import time
 
         from .. import images
 
         if not build:
-            rootfs = images.rootfs_path()
-            if rootfs.exists():
-                image = images.machine_image_tag(rootfs, images.apt_mirror(self.mirror))
-            else:
+            image = self.base_image()
+            if not image:
                 image = f"{images.MACHINE_IMAGE_REPO}:not-built-yet"
                 events.info(f"the machine image is not built yet: `vmdock up {lab.name}` builds it")
-            return {"machine_image": image, "create_args": _cached_create_args()}
+            return {"machine_image": image, "create_args": _cached_create_args(), "lab_images": dict(lab_images or {})}
         events.task("machine image")
         start = time.monotonic()
         image = images.ensure_machine_image(log, mirror=self.mirror, on_line=lambda line: events.line("image", line))
         args = images.machine_create_args(log)
         events.task_done("machine image", time.monotonic() - start)
-        return {"machine_image": image, "create_args": args}
+        return {"machine_image": image, "create_args": args, "lab_images": dict(lab_images or {})}
 
     def check_options(self, options: dict) -> None:
         from ..errors import ConfigError
@@ -120,13 +128,103 @@ class DockerProvider(Provider):
     def native_status(self, inst: Instance, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
         proc = quick_run(
             ["docker", "ps", "-a", "--filter", f"label={INSTANCE_LABEL}={inst.id}",
-             "--format", '{{.Label "' + MACHINE_LABEL + '"}}\t{{.State}}'],
+             "--format", '{{.Label "' + MACHINE_LABEL + '"}}\t{{.State}}\t{{.Names}}'],
             log,
         )
         if proc is None or proc.returncode != 0:
             return None
         found = container_states(proc.stdout)
         return {m: found.get(m, NOT_CREATED) for m in machines}
+
+    def ssh_configs(self, inst: Instance, machines: list[str], log: Log) -> dict[str, SshConfig] | None:
+        """What `vagrant ssh-config` says of a docker machine, from one `docker inspect`: the
+        host port Vagrant published for 22, user vagrant and Vagrant's insecure key (the
+        Vagrantfile keeps it: ``config.ssh.insert_key = false``)."""
+        from ..driver import SshConfig
+
+        key = Path(os.environ.get("VAGRANT_HOME") or Path.home() / ".vagrant.d") / "insecure_private_key"
+        if not key.is_file():
+            return None
+        names = [inst.machine_name(m) for m in machines]
+        proc = quick_run(["docker", "inspect", "-f", "{{json .NetworkSettings.Ports}}", *names], log)
+        if proc is None or proc.returncode != 0:
+            return None
+        out = {}
+        for machine, line in zip(machines, proc.stdout.splitlines(), strict=False):
+            ssh = (json.loads(line or "null") or {}).get("22/tcp") or []
+            if not ssh:
+                return None
+            host = ssh[0].get("HostIp") or "127.0.0.1"
+            out[machine] = SshConfig("127.0.0.1" if host == "0.0.0.0" else host, int(ssh[0]["HostPort"]), "vagrant", (str(key),))
+        return out if len(out) == len(machines) else None
+
+    def destroy(self, inst: Instance, log: Log, *, background: bool = False) -> list[str] | None:
+        """`docker rm -f -v` of the instance's containers (never another home's): seconds, where `vagrant destroy`
+        takes 10–25 s (Vagrant's start, a graceful stop).  The machines are throwaway.
+        Vagrant's global machine index keeps a stale entry (`vagrant global-status --prune`).
+
+        ``background``: rename and kill them (names, ports and addresses are free at once for
+        new machines) and leave their removal (deleting the inner Docker's data takes
+        seconds) to a `docker rm` that runs on by itself."""
+        if background:
+            return self._retire(inst, log)
+        removed = self._remove_containers(inst, log)
+        return [f"machines (docker: {removed} container(s))"] if removed else []
+
+    def _lab_containers(self, inst: Instance, log: Log) -> list[str]:
+        from ..runlog import run
+
+        if not docker_daemon()[0]:
+            return []
+        return run(["docker", "ps", "-aq", "--no-trunc", "--filter", f"label={INSTANCE_LABEL}={inst.id}"], log).stdout.split()
+
+    def _remove_containers(self, inst: Instance, log: Log) -> int:
+        from ..runlog import run
+
+        ids = self._lab_containers(inst, log)
+        if ids:
+            result = run(["docker", "rm", "-f", "-v", *ids], log, check=False)
+            # one retired by `reset` may be going already: that is no failure
+            if result.returncode != 0 and not all(
+                "already in progress" in line or "No such container" in line
+                for line in result.stderr.splitlines() if line.strip()
+            ):
+                run(["docker", "rm", "-f", "-v", *ids], log)  # raises with the error
+        return len(ids)
+
+    def _retire(self, inst: Instance, log: Log) -> list[str]:
+        import subprocess
+
+        from ..runlog import run
+
+        ids = self._lab_containers(inst, log)
+        for cid in ids:
+            run(["docker", "rename", cid, f"{RETIRED_PREFIX}{cid[:12]}"], log, check=False)
+        if ids:
+            run(["docker", "kill", *ids], log, check=False)  # a stopped one answers "is not running"
+            cmd = ["docker", "rm", "-f", "-v", *ids]
+            subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+            log.event(f"host$ {' '.join(cmd)}  (left running in the background)")
+        return [f"machines (docker: {len(ids)} container(s) killed, removed in the background)"] if ids else []
+
+    def cleanup(self, inst: Instance, log: Log) -> list[str]:
+        """Containers and the network of this instance that are left (never another's, nor the shared machine image)."""
+        from ..runlog import run
+
+        if not docker_daemon()[0]:
+            return []
+        removed = []
+        left = self._remove_containers(inst, log)
+        if left:
+            removed.append(f"{left} leftover container(s)")
+        nets = run(["docker", "network", "ls", "-q", "--filter", f"label={INSTANCE_LABEL}={inst.id}"], log).stdout.split()
+        for net in nets:
+            users = run(["docker", "network", "inspect", "-f", "{{len .Containers}}", net], log, check=False).stdout.strip()
+            if users == "0":
+                run(["docker", "network", "rm", net], log)
+                removed.append(f"network {inst.network_name}")
+        return removed
 
     def prepare_network(self, seat: Seat, log: Log) -> None:
         """The instance's docker network, with its labels: Vagrant's docker provider joins a
@@ -154,53 +252,48 @@ class DockerProvider(Provider):
         if machines:
             run(["docker", "rm", "-f", "-v", *[m.id for m in machines]], log)
 
-    def destroy(self, inst: Instance, log: Log) -> list[str] | None:
-        """`docker rm -f -v` of the instance's containers: a second, where `vagrant destroy`
-        takes 10–25 s (Vagrant's start, a graceful stop).  The machines are throwaway.
-        Vagrant's global machine index keeps a stale entry (`vagrant global-status --prune`)."""
-        removed = self._remove_containers(inst, log)
-        return [f"machines (docker: {removed} container(s))"] if removed else []
-
-    def _remove_containers(self, inst: Instance, log: Log) -> int:
-        found = self.machines(inst, log) or []
-        self.remove(found, log)
-        return len(found)
-
-    def cleanup(self, inst: Instance, log: Log) -> list[str]:
-        """Containers and the network of this instance that are left (never another's, nor the shared machine image)."""
-        from ..runlog import run
-
-        if not docker_daemon()[0]:
-            return []
-        removed = []
-        left = self._remove_containers(inst, log)
-        if left:
-            removed.append(f"{left} leftover container(s)")
-        nets = run(["docker", "network", "ls", "-q", "--filter", f"label={INSTANCE_LABEL}={inst.id}"], log).stdout.split()
-        for net in nets:
-            users = run(["docker", "network", "inspect", "-f", "{{len .Containers}}", net], log, check=False).stdout.strip()
-            if users == "0":
-                run(["docker", "network", "rm", net], log)
-                removed.append(f"network {inst.network_name}")
-        return removed
-
-    def current_machine_image(self) -> str | None:
-        """The machine image `up` would use now, when it can be told without building."""
+    def base_image(self) -> str:
+        """The machine image `up` would use now ('' when its rootfs is not built: no tag yet)."""
         from .. import images
 
         rootfs = images.rootfs_path()
-        return images.machine_image_tag(rootfs, images.apt_mirror(self.mirror)) if rootfs.exists() else None
+        return images.machine_image_tag(rootfs, images.apt_mirror(self.mirror)) if rootfs.exists() else ""
+
+    def lab_images(self, log: Log) -> list[LabImage]:
+        from ..labimages import ROLE, LabImage
+        from .docker_capture import list_images
+
+        if not docker_daemon()[0]:
+            return []
+        found = (LabImage.from_labels(tag, labels, size) for tag, labels, size in list_images(log, f"vmdock.role={ROLE}"))
+        return [i for i in found if i is not None and i.provider == self.name]
+
+    def capture(self, inst: Instance, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
+        from ..provision import provisioner
+        from .docker_capture import capture
+
+        return capture(inst.machine_name(machine), tag, labels, provisioner("start-docker.sh"), log)
+
+    def restore(self, inst: Instance, machine: str, log: Log) -> None:
+        from .docker_capture import restore_status
+
+        restore_status(inst.machine_name(machine), log)
 
     def prune(self, log: Log, *, everything: bool = False) -> list[Pruned]:
+        """Machine images and lab images that no container on this host was made from."""
         from .. import images
         from ..runlog import run
 
         if not docker_daemon()[0]:
             return []
-        listed = run(["docker", "image", "ls", "--no-trunc", "--filter", f"label={images.ROLE_LABEL}",
-                      "--format", "{{.ID}}\t{{.Repository}}:{{.Tag}}"], log).stdout
-        rows = [tuple(line.split("\t", 1)) for line in listed.splitlines() if "\t" in line]
-        current = None if everything else self.current_machine_image()
+        from ..labimages import ROLE
+
+        rows = []
+        for role in (images.ROLE_LABEL, f"vmdock.role={ROLE}"):  # machine images, lab images
+            listed = run(["docker", "image", "ls", "--no-trunc", "--filter", f"label={role}",
+                          "--format", "{{.ID}}\t{{.Repository}}:{{.Tag}}"], log).stdout
+            rows += [tuple(line.split("\t", 1)) for line in listed.splitlines() if "\t" in line]
+        current = None if everything else self.base_image()
         out = []
         for ref, verdict in prune_verdicts(rows, _image_users(log), current):
             if verdict is not None:

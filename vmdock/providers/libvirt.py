@@ -104,7 +104,9 @@ class LibvirtProvider(Provider):
             return Probe(self.name, False, f"libvirtd is not running ({detail})")
         return Probe(self.name, True, "libvirtd answers, vagrant-libvirt installed")
 
-    def render_options(self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True) -> dict:
+    def render_options(
+        self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True, lab_images: dict[str, str] | None = None
+    ) -> dict:
         return {"domain_type": domain_type(on_info=events.info, log=log)}
 
     def check_options(self, options: dict) -> None:

@@ -60,7 +60,9 @@ class VirtualBoxProvider(Provider):
             return Probe(self.name, False, f"VBoxManage --version: {out.stderr.strip()[:200]}")
         return Probe(self.name, True, f"VirtualBox {out.stdout.strip()}")
 
-    def render_options(self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True) -> dict:
+    def render_options(
+        self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True, lab_images: dict[str, str] | None = None
+    ) -> dict:
         return {}
 
     def native_status(self, inst: Instance, machines: list[str], log: Log | None = None) -> dict[str, str] | None:

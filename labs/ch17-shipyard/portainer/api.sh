@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # portainer/api.sh — sourced by the steps and checks: call Portainer's REST API.
 #
 # Portainer answers on https://127.0.0.1:9443 with the certificate that the step made

@@ -22,6 +22,7 @@ fi
 openssl x509 -in "$dir/tls/portainer.crt" -noout -subject -ext subjectAltName
 
 hash=$(printf '%s\n' "$PORTAINER_ADMIN_PASSWORD" | htpasswd -niB -C 10 admin | cut -d: -f2-)
+# shellcheck disable=SC2016  # the $ are literal: a bcrypt hash starts with $2?$
 case "$hash" in '$2'?'$'*) ;; *) echo "run-portainer: htpasswd gave no bcrypt hash" >&2; exit 1 ;; esac
 echo "admin password: bcrypt hash ${hash:0:7}… (cost 10)"
 

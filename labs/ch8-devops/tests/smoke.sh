@@ -13,16 +13,16 @@ ok()   { passed=$((passed + 1)); echo "ok   $1"; }
 fail() { echo "FAIL $1" >&2; exit 1; }
 
 body=$(curl -fsS "$URL/health") || true
-[ "$body" = ok ] && ok "GET /health is ok" || fail "GET /health: '$body'"
+if [ "$body" = ok ]; then ok "GET /health is ok"; else fail "GET /health: '$body'"; fi
 
 page=$(curl -fsS "$URL/") || true
-grep -qF "ch8-web version $VERSION</h1>" <<<"$page" && ok "GET / shows version $VERSION" || fail "GET / lacks version $VERSION"
-grep -qF "environment: $ENVIRONMENT " <<<"$page" && ok "GET / says environment $ENVIRONMENT" || fail "GET / lacks environment $ENVIRONMENT"
+if grep -qF "ch8-web version $VERSION</h1>" <<<"$page"; then ok "GET / shows version $VERSION"; else fail "GET / lacks version $VERSION"; fi
+if grep -qF "environment: $ENVIRONMENT " <<<"$page"; then ok "GET / says environment $ENVIRONMENT"; else fail "GET / lacks environment $ENVIRONMENT"; fi
 
 doc=$(curl -fsS "$URL/version") || true
-grep -qF "\"version\": \"$VERSION\"" <<<"$doc" && ok "GET /version is $VERSION" || fail "GET /version: $doc"
+if grep -qF "\"version\": \"$VERSION\"" <<<"$doc"; then ok "GET /version is $VERSION"; else fail "GET /version: $doc"; fi
 
 code=$(curl -s -o /dev/null -w '%{http_code}' "$URL/nothing") || true
-[ "$code" = 404 ] && ok "GET /nothing is 404" || fail "GET /nothing: $code"
+if [ "$code" = 404 ]; then ok "GET /nothing is 404"; else fail "GET /nothing: $code"; fi
 
 echo "$passed tests passed against $URL"

@@ -1,0 +1,161 @@
+"""Lab images of docker-provider machines: capture a machine container, start from one.
+
+A machine's inner dockerd keeps its data in an anonymous volume at
+/var/lib/docker (overlay2 cannot sit on the container's own overlayfs), and
+`docker commit` leaves volumes out.  Nor can raw overlay2 data (whiteout
+character devices, ``trusted.overlay.*`` xattrs) be nested in an image layer
+safely.  So capture:
+
+1. records the inner containers that run (``/var/lib/vmdock/running-containers``);
+2. stops the inner dockerd cleanly (vmdock's supervisor, or the init script);
+3. packs /var/lib/docker, xattrs included, into ONE file of the container's
+   own filesystem: ``/var/lib/vmdock/docker-data.tar``;
+4. installs the start hook ``/usr/local/sbin/vmdock-lab-start`` and vmdock's
+   start-docker provisioner beside it;
+5. ``docker commit``s the container with the hook as its entrypoint and the
+   lab image's labels;
+6. puts the machine back as it was (tar removed, dockerd and the containers
+   started again).
+
+A container made from the image runs the hook first: the tar goes back into
+the new, empty volume, dockerd starts, the recorded containers start, then the
+machine's own init (sshd) runs, so SSH answers only when the machine is whole.
+``restore`` checks what the hook wrote.
+"""
+from __future__ import annotations
+
+import json
+import shlex
+from typing import TYPE_CHECKING
+
+from ..errors import CommandError, ProviderError, tail
+
+if TYPE_CHECKING:
+    from ..runlog import Log
+
+STATE_DIR = "/var/lib/vmdock"
+DATA_TAR = f"{STATE_DIR}/docker-data.tar"
+RUNNING = f"{STATE_DIR}/running-containers"
+START_DOCKER = f"{STATE_DIR}/start-docker.sh"
+STATUS = f"{STATE_DIR}/lab-start.status"
+HOOK = "/usr/local/sbin/vmdock-lab-start"
+HOOK_LOG = "/var/log/vmdock-lab-start.log"
+MACHINE_INIT = "/usr/local/sbin/vmdock-machine-init"  # the machine image's entrypoint
+MACHINE_CMD = ["/usr/sbin/sshd", "-D", "-e"]
+TAR_FLAGS = "--xattrs --xattrs-include='*' --numeric-owner"
+
+_STOP_AND_PACK = f"""\
+set -euo pipefail
+mkdir -p {STATE_DIR}
+docker ps -q --no-trunc > {RUNNING}
+sup=$(cat /var/run/vmdock-dockerd.pid 2>/dev/null || true)
+if [ -n "$sup" ] && kill -0 "$sup" 2>/dev/null; then
+    kill -TERM "$sup"
+elif [ -x /etc/init.d/docker ]; then
+    service docker stop >/dev/null 2>&1 || true
+fi
+for _ in $(seq 1 120); do pgrep -x dockerd >/dev/null || pgrep -x containerd >/dev/null || break; sleep 0.5; done
+if pgrep -x dockerd >/dev/null; then echo "dockerd did not stop in 60 s" >&2; exit 1; fi
+rm -f {DATA_TAR} {STATUS}
+tar {TAR_FLAGS} -cpf {DATA_TAR} -C /var/lib/docker .
+"""
+
+_HOOK = f"""\
+#!/bin/bash
+# vmdock-lab-start: the entrypoint of a vmdock lab image (docker provider).
+# On the first start the inner dockerd's data, kept aside as one tar (an image
+# layer cannot hold overlay2 data), goes back into the empty /var/lib/docker
+# volume; then dockerd starts (vmdock's start-docker.sh) and the containers
+# that ran when the image was made start again; then the machine's init.
+rm -f {STATUS}
+{{
+    echo "vmdock-lab-start: $(date -u +%FT%TZ)"
+    status=ok
+    if [ -f {DATA_TAR} ] && [ -z "$(ls -A /var/lib/docker 2>/dev/null)" ]; then
+        tar {TAR_FLAGS} -xpf {DATA_TAR} -C /var/lib/docker || status="restoring /var/lib/docker failed"
+    fi
+    if [ "$status" = ok ]; then
+        bash {START_DOCKER} || status="starting dockerd failed"
+    fi
+    if [ "$status" = ok ] && [ -s {RUNNING} ]; then
+        xargs -r docker start < {RUNNING} >/dev/null || status="starting the lab's containers failed"
+    fi
+    echo "$status" > {STATUS}
+    echo "vmdock-lab-start: $(date -u +%FT%TZ) $status"
+}} >>{HOOK_LOG} 2>&1
+exec {MACHINE_INIT} "$@"
+"""
+
+_RESUME = f"""\
+set -euo pipefail
+rm -f {DATA_TAR}
+bash {START_DOCKER} >/dev/null
+if [ -s {RUNNING} ]; then xargs -r docker start < {RUNNING} >/dev/null; fi
+"""
+
+
+def _exec(container: str, script: str, log: Log, what: str, timeout: float = 1800):
+    from ..runlog import run
+
+    return run(["docker", "exec", "-i", container, "bash", "-s"], log, input=script, timeout=timeout,
+               error_message=f"{what} in {container} failed")
+
+
+def _put(container: str, path: str, text: str, log: Log, mode: str = "0755") -> None:
+    from ..runlog import run
+
+    run(["docker", "exec", "-i", container, "sh", "-c", f"cat > {shlex.quote(path)} && chmod {mode} {shlex.quote(path)}"],
+        log, input=text)
+
+
+def capture(container: str, tag: str, labels: dict[str, str], start_docker: str, log: Log) -> str:
+    """Commit ``container`` as ``tag`` (see the module's doc); return the image id."""
+    from ..runlog import run
+
+    _exec(container, _STOP_AND_PACK, log, "stopping dockerd and packing /var/lib/docker")
+    try:
+        _put(container, START_DOCKER, start_docker, log)
+        _put(container, HOOK, _HOOK, log)
+        changes = [f"ENTRYPOINT {json.dumps([HOOK])}", f"CMD {json.dumps(MACHINE_CMD)}"]
+        changes += [f"LABEL {k}={json.dumps(v)}" for k, v in sorted(labels.items())]
+        args = ["docker", "commit"]
+        for c in changes:
+            args += ["--change", c]
+        image_id = run([*args, container, tag], log, timeout=1800).stdout.strip()
+    finally:
+        _exec(container, _RESUME, log, "starting dockerd again")
+    return image_id
+
+
+def restore_status(container: str, log: Log) -> None:
+    """Raise when the start hook of a machine made from a lab image did not finish well."""
+    from ..runlog import run
+
+    out = run(["docker", "exec", container, "sh", "-c", f"cat {STATUS} 2>/dev/null; echo; tail -n 20 {HOOK_LOG} 2>/dev/null"],
+              log, check=False)
+    status = out.stdout.split("\n", 1)[0].strip()
+    if out.returncode != 0 or status != "ok":
+        raise ProviderError(
+            f"{container}: starting from the lab image failed: {status or 'the start hook did not run'}",
+            stderr_tail=tail(out.stdout + out.stderr),
+            hint="`vmdock up --no-image` takes the full path; `vmdock prune` then removes the broken image",
+        )
+
+
+def list_images(log: Log, role_label: str) -> list[tuple[str, dict[str, str], int]]:
+    """(tag, labels, size) of every image labelled ``role_label``."""
+    from ..runlog import run
+
+    refs = run(["docker", "image", "ls", "--filter", f"label={role_label}", "--format", "{{.Repository}}:{{.Tag}}"],
+               log).stdout.split()
+    refs = [r for r in dict.fromkeys(refs) if "<none>" not in r]
+    if not refs:
+        return []
+    out = run(["docker", "image", "inspect", "--format", "{{json .Config.Labels}}\t{{.Size}}", *refs], log, check=False)
+    if out.returncode != 0:
+        raise CommandError("docker image inspect of the lab images failed", stderr_tail=tail(out.stderr), log=log.path)
+    rows = []
+    for ref, line in zip(refs, out.stdout.splitlines()):
+        labels_json, _, size = line.rpartition("\t")
+        rows.append((ref, json.loads(labels_json or "{}") or {}, int(size or 0)))
+    return rows

@@ -5,12 +5,13 @@ against Vagrant's): the real thing runs in tests/test_e2e.py.
 """
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 import yaml
 
-from vmdock import hostscan
+from vmdock import hostscan, seats
 from vmdock.driver import SshConfig
 from vmdock.classroom import Classroom
 from vmdock.engine import Engine
@@ -281,6 +282,28 @@ def test_changed_settings_reload_vms(setup):
     assert "reload" in world2.calls and "destroy" not in world2.calls
     assert world2.ids == ids  # the same VMs: nothing to run again
     assert step_names(world2) == []
+
+
+def test_a_taken_host_port_refuses_up_before_anything_changes(setup):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free now
+    lab = dict(LAB, machines=[{"name": "web", "forwarded_ports": [{"guest": 80, "host": port}]}, {"name": "db"}])
+    engine, world, _ = setup(lab=lab)
+    engine.up("ch97-engine")
+    assert engine.status("ch97-engine")[0]["ports"][0]["host"] == port
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port + 7))
+        holder.listen()
+        world.calls.clear()
+        engine.settings = Settings(provider="docker", port_offset=7)
+        with pytest.raises(seats.PortsTaken, match=rf"127\.0\.0\.1:{port + 7} is in use, held by a process on this host"):
+            engine.up("ch97-engine")
+    assert world.calls == ["native"]  # no destroy, no up: the machines stay as they were
+    row = engine.status("ch97-engine")[0]
+    assert row["phase"] == "provisioned" and row["port_offset"] == 0 and "taken" in row["last_error"]["message"]
+    engine.up("ch97-engine")  # the port is free again: the offset applies (a container is made anew)
+    assert engine.status("ch97-engine")[0]["ports"][0]["host"] == port + 7 and "destroy" in world.calls
 
 
 def test_vagrant_is_asked_when_the_provider_disagrees_with_the_state(setup):

@@ -223,6 +223,7 @@ def test_suggested_offset_frees_every_port_and_the_error_says_so():
     assert seats.suggest_offset(ports, 0, is_free=lambda ip, p, proto: (p not in busy, "")) == 200
     taken = seats.taken_ports(ports, {}, "x", is_free=lambda ip, p, proto: (p not in busy, "in use"))
     err = seats.ports_taken_error("ch6-lamp", taken, 0, 200)
+    assert isinstance(err, seats.PortsTaken) and isinstance(err, StateError)
     assert "1 forwarded host port(s) taken (port offset 0)" in err.message and "8060" in err.message
     assert err.hint.endswith("--port-offset 200 frees them all")
 

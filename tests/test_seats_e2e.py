@@ -73,7 +73,8 @@ def test_two_seats_of_one_lab_side_by_side():
     for e in envs:
         vmdock(e, "destroy", LAB, check=False)
     try:
-        ups = [subprocess.Popen([sys.executable, "-m", "vmdock", "up", LAB], env=e, stdout=subprocess.PIPE,
+        # --no-image: the full path, whatever lab images this host has
+        ups = [subprocess.Popen([sys.executable, "-m", "vmdock", "up", LAB, "--no-image"], env=e, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for e in envs]
         for p in ups:
             out, err = p.communicate(timeout=2400)
@@ -137,7 +138,7 @@ def _up_until(env: dict, labs: Path, ready, what: str, timeout: float = 900) -> 
     out_path = labs.parent / f"up-{what.replace(' ', '-')}.out"
     with open(out_path, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vmdock", "-v", "--labs-dir", str(labs), "up", KILL_LAB],
+            [sys.executable, "-m", "vmdock", "-v", "--labs-dir", str(labs), "up", KILL_LAB, "--no-image"],
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + timeout
@@ -185,7 +186,7 @@ def test_up_killed_at_any_moment_converges_on_the_next_up(tmp_path):
         # 3. the next up resumes; killed in the middle of a lab step
         _up_until(env, labs, lambda o: "slow step started" in o, "during a step")
 
-        vmdock(env, "--labs-dir", str(labs), "up", KILL_LAB)
+        vmdock(env, "--labs-dir", str(labs), "up", KILL_LAB, "--no-image")
         assert "0 failed" in vmdock(env, "--labs-dir", str(labs), "verify", KILL_LAB).stdout
         assert len(containers(inst)) == 1
     finally:

@@ -148,16 +148,18 @@ class Engine:
                     "command": exc.command,
                     "exit_code": exc.exit_code,
                     "stderr_tail": exc.stderr_tail,
-                })
+                }, refused=isinstance(exc, seats.PortsTaken))
                 raise
             except KeyboardInterrupt:
                 self._failed(home, state, {"message": "interrupted (Ctrl-C)"})
                 raise
 
     @staticmethod
-    def _failed(home: LabHome, state: LabState, error: dict) -> None:
+    def _failed(home: LabHome, state: LabState, error: dict, *, refused: bool = False) -> None:
+        """Record the error; ``refused``: nothing was changed, the lab stays in its phase."""
         state.last_error = error
-        state.move(Phase.FAILED)
+        if not refused:
+            state.move(Phase.FAILED)
         state.save()
         home.log.event(f"failed: {error['message']}")
 

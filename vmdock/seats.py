@@ -409,12 +409,16 @@ def suggest_offset(
     return None
 
 
-def ports_taken_error(lab: str, taken: list[TakenPort], offset: int, suggestion: int | None) -> StateError:
+class PortsTaken(StateError):
+    """Forwarded host ports are taken: `up` refused before changing anything (the lab stays as it was)."""
+
+
+def ports_taken_error(lab: str, taken: list[TakenPort], offset: int, suggestion: int | None) -> PortsTaken:
     lines = [t.describe() for t in taken]
     hint = "stop what holds the port, or move this seat's ports as a block with --port-offset N (VMDOCK_PORT_OFFSET)"
     if suggestion is not None:
         hint += f": --port-offset {suggestion} frees them all"
-    return StateError(
+    return PortsTaken(
         f"{len(taken)} forwarded host port(s) taken (port offset {offset}): " + "; ".join(lines),
         lab=lab,
         hint=hint,

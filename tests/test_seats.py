@@ -201,7 +201,9 @@ def test_docker_ports_column():
 def test_taken_ports_name_their_holder_and_skip_the_instance_own():
     ports = seats.effective_ports(_machines(("web", 80, 8060), ("web", 81, 8061), ("web", 82, 8062)), 0)
     holders = {
-        ("127.0.0.1", 8060, "tcp"): seats.PortHolder("abc123", "ch6-lamp", "/home/ann/.local/share/vmdock", "vmdock-abc123-ch6-lamp-web"),
+        ("127.0.0.1", 8060, "tcp"): seats.PortHolder(
+            "abc123", "ch6-lamp", "/home/ann/.local/share/vmdock", "vmdock-abc123-ch6-lamp-web"
+        ),
         ("0.0.0.0", 8061, "tcp"): seats.PortHolder("mine00", "x", "/h", "vmdock-mine00-x-web"),
     }
     busy = {8060, 8061, 8062}

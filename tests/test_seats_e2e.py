@@ -40,15 +40,19 @@ def seat_env(home: Path, **extra: str) -> dict:
 
 
 def vmdock(env: dict, *args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "vmdock", *args], check=False, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, "-m", "vmdock", *args], check=False, env=env, capture_output=True, text=True,
+                          timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"vmdock {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        raise AssertionError(
+            f"vmdock {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
     return proc
 
 
 def containers(instance: str) -> list[str]:
     out = subprocess.run(
-        ["docker", "ps", "-a", "--no-trunc", "--filter", f"label=vmdock.instance={instance}", "--format", "{{.ID}} {{.Names}}"],
+        ["docker", "ps", "-a", "--no-trunc", "--filter", f"label=vmdock.instance={instance}",
+         "--format", "{{.ID}} {{.Names}}"],
         capture_output=True, text=True, check=True,
     ).stdout
     return [line for line in out.splitlines() if line.strip()]
@@ -67,19 +71,19 @@ def forwarded(env: dict) -> dict[int, int]:
 
 def test_two_seats_of_one_lab_side_by_side():
     homes = [SEATS / "home1", SEATS / "home2"]
-    envs = [seat_env(h, VMDOCK_PORT_OFFSET=str(o)) for h, o in zip(homes, OFFSETS)]
+    envs = [seat_env(h, VMDOCK_PORT_OFFSET=str(o)) for h, o in zip(homes, OFFSETS, strict=True)]
     ids = [instance_id(h, LAB) for h in homes]
     assert ids[0] != ids[1]
     for e in envs:
         vmdock(e, "destroy", LAB, check=False)
     try:
         # --no-image: the full path, whatever lab images this host has
-        ups = [subprocess.Popen([sys.executable, "-m", "vmdock", "up", LAB, "--no-image"], env=e, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for e in envs]
+        ups = [subprocess.Popen([sys.executable, "-m", "vmdock", "up", LAB, "--no-image"], env=e,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for e in envs]
         for p in ups:
             out, err = p.communicate(timeout=2400)
             assert p.returncode == 0, f"up exited {p.returncode}\n{out}\n{err}"
-        for e, inst in zip(envs, ids):
+        for e, inst in zip(envs, ids, strict=True):
             assert "0 failed" in vmdock(e, "verify", LAB).stdout
             [line] = containers(inst)
             assert line.split()[1] == f"vmdock-{inst}-{LAB}-docker"

@@ -292,7 +292,8 @@ def up(
         None, "--images-dir", help="folder of `docker save` tarballs for labs that need images (also VMDOCK_IMAGES_DIR)"
     ),
     port_offset: Optional[int] = typer.Option(
-        None, "--port-offset", help="move this seat's forwarded host ports by N, as a block (also VMDOCK_PORT_OFFSET; remembered)"
+        None, "--port-offset",
+        help="move this seat's forwarded host ports by N, as a block (also VMDOCK_PORT_OFFSET; remembered)",
     ),
     no_steps: bool = typer.Option(False, "--no-steps", help="student mode: machines, Docker, base image, lab files; none of the steps"),
     upto: Optional[str] = typer.Option(None, "--upto", metavar="STEP", help="stop after this step (its number or name)"),
@@ -412,8 +413,8 @@ def _host_status(as_json: bool) -> None:
         table.add_column(col, overflow="fold")
     for r in rows:
         machines = "\n".join(f"{m}: {v}" for m, v in r["machines"].items())
-        table.add_row(r["instance"] or "-", r["lab"] or "?", escape(r["home"] or "?"), r["phase"] or "-", r["network"] or "-",
-                      escape(machines))
+        table.add_row(r["instance"] or "-", r["lab"] or "?", escape(r["home"] or "?"), r["phase"] or "-",
+                      r["network"] or "-", escape(machines))
     console.print(table)
 
 

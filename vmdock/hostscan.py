@@ -121,7 +121,7 @@ def _docker_ps(log: Log, *filters: str) -> list[list[str]]:
 def docker_port_holders(log: Log) -> dict[tuple[str, int, str], PortHolder]:
     """(host_ip, port, protocol) → the container that publishes it (every container, vmdock's or not)."""
     holders = {}
-    for cid, name, state, ports, instance, lab, home, _machine in _docker_ps(log):
+    for _cid, name, state, ports, instance, lab, home, _machine in _docker_ps(log):
         if state != "running":
             continue
         for key in parse_docker_ports(ports):

@@ -180,7 +180,8 @@ def read_leases(folder: Path) -> list[Lease]:
             continue
         try:
             data = json.loads(f.read_text(encoding="utf-8"))
-            leases.append(Lease(subnet, str(data["instance"]), str(data["home"]), str(data["lab"]), f))  # type: ignore[arg-type]
+            owner = (str(data["instance"]), str(data["home"]), str(data["lab"]))
+            leases.append(Lease(subnet, *owner, f))  # type: ignore[arg-type]
         except (OSError, ValueError, KeyError, TypeError):
             leases.append(Lease(subnet, "?", "?", "?", f))  # type: ignore[arg-type]
     return leases
@@ -380,7 +381,8 @@ def taken_ports(
     out = []
     for p in ports:
         holder = next(
-            (h for (ip, port, proto), h in holders.items() if port == p.host and proto == p.protocol and _same_address(ip, p.host_ip)),
+            (h for (ip, port, proto), h in holders.items()
+             if port == p.host and proto == p.protocol and _same_address(ip, p.host_ip)),
             None,
         )
         if holder is not None and holder.instance == own_instance:
@@ -403,7 +405,7 @@ def suggest_offset(
         offset = current + k * step
         moved = [p.host - current + offset for p in ports]
         if all(0 < h < 65536 for h in moved) and all(
-            is_free(p.host_ip, h, p.protocol)[0] for p, h in zip(ports, moved)
+            is_free(p.host_ip, h, p.protocol)[0] for p, h in zip(ports, moved, strict=True)
         ):
             return offset
     return None

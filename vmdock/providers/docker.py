@@ -176,7 +176,8 @@ class DockerProvider(Provider):
 
         if not docker_daemon()[0]:
             return []
-        return run(["docker", "ps", "-aq", "--no-trunc", "--filter", f"label={INSTANCE_LABEL}={inst.id}"], log).stdout.split()
+        mine = f"label={INSTANCE_LABEL}={inst.id}"
+        return run(["docker", "ps", "-aq", "--no-trunc", "--filter", mine], log).stdout.split()
 
     def _remove_containers(self, inst: Instance, log: Log) -> int:
         from ..runlog import run
@@ -218,7 +219,8 @@ class DockerProvider(Provider):
         left = self._remove_containers(inst, log)
         if left:
             removed.append(f"{left} leftover container(s)")
-        nets = run(["docker", "network", "ls", "-q", "--filter", f"label={INSTANCE_LABEL}={inst.id}"], log).stdout.split()
+        mine = f"label={INSTANCE_LABEL}={inst.id}"
+        nets = run(["docker", "network", "ls", "-q", "--filter", mine], log).stdout.split()
         for net in nets:
             users = run(["docker", "network", "inspect", "-f", "{{len .Containers}}", net], log, check=False).stdout.strip()
             if users == "0":
@@ -233,13 +235,14 @@ class DockerProvider(Provider):
         from ..seats import label_args
 
         inst = seat.instance
-        have = run(["docker", "network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", inst.network_name],
-                   log, check=False)
+        subnets = "{{range .IPAM.Config}}{{.Subnet}} {{end}}"
+        have = run(["docker", "network", "inspect", "-f", subnets, inst.network_name], log, check=False)
         if have.returncode == 0:
             if str(seat.subnet) in have.stdout.split():
                 return
             run(["docker", "network", "rm", inst.network_name], log)  # left by an earlier lease; no machine uses it
-        run(["docker", "network", "create", "--subnet", str(seat.subnet), *label_args(inst.labels()), inst.network_name], log)
+        labels = label_args(inst.labels())
+        run(["docker", "network", "create", "--subnet", str(seat.subnet), *labels, inst.network_name], log)
 
     def machines(self, inst: Instance, log: Log) -> list[Machine] | None:
         from ..hostscan import docker_machines

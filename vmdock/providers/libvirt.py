@@ -140,7 +140,8 @@ class LibvirtProvider(Provider):
             name = name.strip()
             if name.startswith(prefix):
                 machine = name[len(prefix):]
-                out.append(Machine(self.name, uuid, name, inst.id, inst.lab, str(inst.home), machine, known.get(name, "unknown")))
+                state = known.get(name, "unknown")
+                out.append(Machine(self.name, uuid, name, inst.id, inst.lab, str(inst.home), machine, state))
         return out
 
     def remove(self, machines: list[Machine], log: Log) -> None:

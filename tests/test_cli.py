@@ -192,7 +192,7 @@ def test_schema_is_json_with_machines(capsys):
     assert data["$schema"].startswith("https://json-schema.org/")
     assert data["title"] == "vmdock lab.yaml"
     assert "machines" in data["properties"]
-    assert {"name", "chapter", "title", "machines"} <= set(data["required"])
+    assert {"name", "title", "machines"} <= set(data["required"]) and "chapter" not in data["required"]
     assert data["additionalProperties"] is False
     step = data["$defs"]["Step"]
     assert "on" in step["properties"] and step["additionalProperties"] is False

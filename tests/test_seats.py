@@ -248,3 +248,12 @@ def test_lease_files_are_json_named_by_block(tmp_path, host_dir):
     block = seats.allocate_subnet(inst, list)
     data = json.loads((host_dir / "subnets" / "192.168.56.0_28.json").read_text())
     assert data == {"instance": inst.id, "home": str(tmp_path), "lab": "x"} and block == N("192.168.56.0/28")
+
+
+def test_a_lab_outside_the_book_needs_no_chapter(tmp_path):
+    from vmdock.loader import load_lab
+
+    folder = tmp_path / "my-lamp"
+    folder.mkdir()
+    (folder / "lab.yaml").write_text("name: my-lamp\ntitle: a teacher's own lab\nmachines: [{name: web}]\n")
+    assert load_lab(folder).lab.chapter is None

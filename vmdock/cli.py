@@ -189,7 +189,7 @@ def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readab
             table.add_column(col)
         for r in rows:
             title = r["title"] + (f"\n[dim]{escape(r['title_en'])}[/]" if r["title_en"] else "")
-            table.add_row(r["name"], str(r["chapter"]), title, ", ".join(r["machines"]), "yes" if r["offline"] else "no", r["state"])
+            table.add_row(r["name"], str(r["chapter"] or "-"), title, ", ".join(r["machines"]), "yes" if r["offline"] else "no", r["state"])
         console.print(table)
     for p in problems:
         err_console.print(f"[red]broken lab[/] {escape(str(p.error))}", soft_wrap=True)
@@ -201,7 +201,7 @@ def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readab
 def show(lab: str = LabArg):
     """One lab: book sections, machines, steps, checks."""
     l = resolve(lab, OPTS.labs_dirs).lab
-    console.print(f"[bold]{escape(l.name)}[/] — 第{l.chapter}章 {escape(l.title)}" + (f" ({escape(l.title_en)})" if l.title_en else ""))
+    console.print(f"[bold]{escape(l.name)}[/] — " + (f"第{l.chapter}章 " if l.chapter else "") + f"{escape(l.title)}" + (f" ({escape(l.title_en)})" if l.title_en else ""))
     if l.description:
         console.print(escape(l.description.strip()))
     console.print(f"offline: {'yes' if l.offline else 'no'}; base image: {escape(l.base_image)}")

@@ -143,7 +143,7 @@ class Needs(Strict):
 
 class Lab(Strict):
     name: Name
-    chapter: int = Field(..., ge=1, le=99)
+    chapter: int | None = Field(None, ge=1, le=99, description="the book's chapter; a lab outside the book has none")
     title: str = Field(..., min_length=1, description="as the book has it")
     title_en: str | None = None
     description: str = ""

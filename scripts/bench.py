@@ -4,12 +4,16 @@
     python scripts/bench.py ch6-lamp              # warm: caches as they are
     python scripts/bench.py ch6-lamp --cold       # cold: empty rootfs cache, no machine image
     python scripts/bench.py ch2-containers --fast-paths
+    python scripts/bench.py ch6-lamp --lab-image
 
 The default mode prints the wall time of: first `up`, the no-op second `up`,
 `verify`, `destroy`.  ``--fast-paths`` brings the lab up (untimed), then times
 the commands that must be quick, each run ``--repeat`` times (best and
 median): the no-op `up`, `list`, `status`, `status --refresh`, `render`, and
-last `destroy`, each printed with its command line.  Uses its own VMDOCK_HOME
+last `destroy`, each printed with its command line.  ``--lab-image`` brings
+the lab up (untimed), then times `image build` of the lab that is up,
+`destroy` (the image stays), `up` from the lab image, `verify`, `reset`,
+`verify`, `destroy`.  Uses its own VMDOCK_HOME
 (a temp folder) unless VMDOCK_HOME is set, and the user's cache (VMDOCK_CACHE
 or the default); --cold uses an empty cache and removes the machine images first.
 """
@@ -57,11 +61,42 @@ def lifecycle(vmdock: list[str], lab: str, env: dict) -> list[dict]:
     return rows
 
 
+#: the lab image's path and its targets in seconds
+LAB_IMAGE: list[tuple[str, list[str], float | None]] = [
+    ("image build (lab up)", ["image", "build", "{lab}"], 60.0),
+    ("destroy", ["destroy", "{lab}"], 5.0),
+    ("up (from lab image)", ["up", "{lab}"], 20.0),
+    ("verify", ["verify", "{lab}"], None),
+    ("reset", ["reset", "{lab}"], 10.0),
+    ("verify (after reset)", ["verify", "{lab}"], None),
+    ("destroy", ["destroy", "{lab}"], 5.0),
+]
+
+
+def lab_image(vmdock: list[str], lab: str, env: dict) -> list[dict]:
+    seconds, code, out = timed(vmdock + ["up", lab], env)
+    if code != 0:
+        sys.stderr.write(out)
+        return [{"step": "up (to start from)", "command": f"vmdock up {lab}", "seconds": round(seconds, 2),
+                 "exit": code}]
+    rows = []
+    for name, template, target in LAB_IMAGE:
+        argv = [a.format(lab=lab) for a in template]
+        seconds, code, out = timed(vmdock + argv, env)
+        rows.append({"step": name, "command": "vmdock " + shlex.join(argv), "seconds": round(seconds, 2),
+                     "target": target, "exit": code})
+        if code != 0:
+            sys.stderr.write(out)
+            break
+    return rows
+
+
 def fast_paths(vmdock: list[str], lab: str, env: dict, repeat: int) -> list[dict]:
     seconds, code, out = timed(vmdock + ["up", lab], env)
     if code != 0:
         sys.stderr.write(out)
-        return [{"step": "up (to start from)", "command": f"vmdock up {lab}", "seconds": round(seconds, 2), "exit": code}]
+        return [{"step": "up (to start from)", "command": f"vmdock up {lab}", "seconds": round(seconds, 2),
+                 "exit": code}]
     rows = []
     for name, template, target in FAST_PATHS + [("destroy", ["destroy", "{lab}"], 5.0)]:
         argv = [a.format(lab=lab) for a in template]
@@ -89,6 +124,7 @@ def main() -> int:
     ap.add_argument("lab")
     ap.add_argument("--cold", action="store_true", help="start with no rootfs cache and no machine image")
     ap.add_argument("--fast-paths", action="store_true", help="time the commands that must be quick")
+    ap.add_argument("--lab-image", action="store_true", help="time image build, up from the image, reset")
     ap.add_argument("--repeat", type=int, default=5, help="runs per fast path (best and median are shown)")
     ap.add_argument("--provider", default=os.environ.get("VMDOCK_PROVIDER", "docker"))
     ap.add_argument("--json", action="store_true")
@@ -109,10 +145,13 @@ def main() -> int:
     vmdock = [sys.executable, "-m", "vmdock"]
     if args.fast_paths:
         rows = fast_paths(vmdock, args.lab, env, args.repeat)
+    elif args.lab_image:
+        rows = lab_image(vmdock, args.lab, env)
     else:
         subprocess.run(vmdock + ["destroy", args.lab], env=env, capture_output=True, check=False)
         rows = lifecycle(vmdock, args.lab, env)
-    mode = "fast paths" if args.fast_paths else ("cold" if args.cold else "warm") + " caches"
+    mode = ("fast paths" if args.fast_paths else "lab image" if args.lab_image
+            else ("cold" if args.cold else "warm") + " caches")
     result = {"lab": args.lab, "provider": args.provider, "mode": mode, "vmdock_home": env["VMDOCK_HOME"], "rows": rows}
     if args.json:
         print(json.dumps(result, indent=2))

@@ -48,13 +48,15 @@ def vmdock(env, *args, check=True, timeout=1800):
 
 def docker_lines(*args) -> list[str]:
     out = subprocess.run(["docker", *args], capture_output=True, text=True, check=True).stdout
-    return [l for l in out.splitlines() if l.strip()]
+    return [line for line in out.splitlines() if line.strip()]
 
 
 def leftovers(lab: str) -> dict:
     return {
         "containers": docker_lines("ps", "-a", "--filter", f"label=vmdock.lab={lab}", "--format", "{{.Names}}"),
-        "networks": [n for n in docker_lines("network", "ls", "--format", "{{.Name}}") if n.startswith("vagrant_network_")],
+        "networks": [
+            n for n in docker_lines("network", "ls", "--format", "{{.Name}}") if n.startswith("vagrant_network_")
+        ],
     }
 
 

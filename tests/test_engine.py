@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vmdock import hostscan, seats
-from vmdock.driver import SshConfig
+from vmdock import hostscan, labimages, seats
 from vmdock.classroom import Classroom
+from vmdock.driver import SshConfig
 from vmdock.engine import Engine
 from vmdock.errors import ConfigError, ProvisionError, StateError
-from vmdock.labimages import LabImage
 from vmdock.events import Recorder
+from vmdock.labimages import LabImage
 from vmdock.lifecycle import Phase
 from vmdock.providers import NOT_CREATED, RUNNING
 from vmdock.providers.docker import DockerProvider, prune_verdicts
@@ -126,7 +126,8 @@ class FakeTransport:
 def fake_provider(world: World, base: type):
     class Fake(base):  # type: ignore[misc, valid-type]
         def render_options(self, lab, log, events, *, build=True, lab_images=None):
-            return {"machine_image": "vmdock/fake:1", "create_args": [], "domain_type": "qemu", "lab_images": lab_images or {}}
+            return {"machine_image": "vmdock/fake:1", "create_args": [], "domain_type": "qemu",
+                    "lab_images": lab_images or {}}
 
         def lab_images(self, log):
             return list(world.images)
@@ -139,7 +140,7 @@ def fake_provider(world: World, base: type):
         def restore(self, lab, machine, log):
             world.restored.append(machine)
 
-        def destroy(self, lab, log, *, background=False):
+        def destroy(self, lab, log):
             return None  # Vagrant (the fake driver) destroys
 
         def cleanup(self, lab, log):
@@ -386,6 +387,8 @@ def test_student_mode_then_the_remaining_steps(setup):
     assert engine.status("ch97-engine")[0]["mode"] == "all steps"
     with pytest.raises(ConfigError, match="--upto 'step 99': no step of that number or name"):
         engine.up("ch97-engine", upto="step 99")
+    with pytest.raises(StateError, match="ran step 11 already: they cannot go back to no steps"):
+        engine.up("ch97-engine", no_steps=True)
 
 
 def test_lab_image_build_then_up_and_reset_from_it_run_no_step(setup):
@@ -393,7 +396,8 @@ def test_lab_image_build_then_up_and_reset_from_it_run_no_step(setup):
     made = Classroom(engine).build_image("ch97-engine")  # brings it up, verifies, captures
     assert [i.machine for i in made] == ["web", "db"] and len(world.images) == 2
     assert engine.lab("ch97-engine").state().lab_images == {i.machine: i.tag for i in made}  # reset goes back to them
-    assert made[0].tag.startswith("vmdock/lab-ch97-engine-web:") and len(made[0].steps) == len(engine.lab("ch97-engine").state().plan)
+    assert made[0].tag.startswith("vmdock/lab-ch97-engine-web:") and made[0].tag.endswith("-s11")
+    assert len(made[0].steps) == len(engine.lab("ch97-engine").state().plan)
     engine.destroy("ch97-engine")
     world.scripts.clear()
     result = engine.up("ch97-engine")
@@ -415,7 +419,8 @@ def test_a_changed_step_runs_again_on_top_of_the_image(setup):
     engine, world, _ = setup()
     Classroom(engine).build_image("ch97-engine")
     engine.destroy("ch97-engine")
-    changed = dict(LAB, steps=[*LAB["steps"][:9], {"name": "step 10", "run": "echo changed", "on": ["web"]}, LAB["steps"][10]])
+    step10 = {"name": "step 10", "run": "echo changed", "on": ["web"]}
+    changed = dict(LAB, steps=[*LAB["steps"][:9], step10, LAB["steps"][10]])
     engine, world2, events = setup(lab=changed)
     world2.images = world.images
     engine.up("ch97-engine")
@@ -425,11 +430,13 @@ def test_a_changed_step_runs_again_on_top_of_the_image(setup):
 
 def test_stale_or_unwanted_images_are_not_used(setup):
     engine, world, _ = setup()
-    Classroom(engine).build_image("ch97-engine")
+    built = Classroom(engine).build_image("ch97-engine")
     engine.destroy("ch97-engine")
-    world.scripts.clear()
+    engine, world, events = setup()
+    world.images = list(built)
     engine.up("ch97-engine", no_steps=True)  # a full image has steps: not for student mode
     assert world.restored == [] and step_names(world) == []
+    assert any("holds steps this `up` does not ask for" in e[1] for e in events.events if e[0] == "info")
     engine.destroy("ch97-engine")
     stale = [LabImage(**{**i.__dict__, "base": "other"}) for i in world.images]
     engine, world2, events = setup()
@@ -445,3 +452,33 @@ def test_image_build_refuses_a_lab_whose_checks_fail(setup):
     with pytest.raises(StateError, match="1 check.s. fail .c.: a lab image is made only of a lab that passes"):
         Classroom(engine).build_image("ch97-engine")
     assert world.images == []
+
+
+def test_a_student_mode_image_serves_no_steps_and_the_full_lab(setup):
+    engine, world, _ = setup()
+    made = Classroom(engine).build_image("ch97-engine", no_steps=True)
+    assert made[0].tag.endswith("-s0") and step_names(world) == []  # its checks are not run either
+    engine.destroy("ch97-engine")
+    world.scripts.clear()
+    engine.up("ch97-engine", no_steps=True)
+    assert world.restored == ["web", "db"] and world.scripts == []
+    engine.destroy("ch97-engine")
+    engine.up("ch97-engine")  # the full lab: from the same image, then the steps
+    assert world.restored == ["web", "db", "web", "db"]
+    assert step_names(world) == [f"step{i}" for i in range(1, 12)]
+    # both kinds kept side by side: a full image does not replace the student one
+    Classroom(engine).build_image("ch97-engine")
+    assert sorted(i.tag.rsplit("-", 1)[1] for i in world.images) == ["s0", "s0", "s11", "s11"]
+
+
+def test_the_newest_build_wins_among_equal_images():
+    def image(machine, built_at, steps=("web:apt",)):
+        tag = f"vmdock/lab-x-{machine}:{built_at}"
+        return LabImage(tag, "x", machine, "docker", "fp", "base", steps, built_at, "1")
+
+    old = [image("web", "2026-01-01"), image("db", "2026-01-01")]
+    new = [image("web", "2026-02-01"), image("db", "2026-02-01")]
+    half = [image("web", "2026-03-01")]  # a build that did not finish: no db
+    for found in (old + new + half, half + new + old):
+        choice = labimages.choose(found, ["web", "db"], "base", "fp", ["web:apt", "db:apt"])
+        assert {m: i.built_at for m, i in choice.images.items()} == {"web": "2026-02-01", "db": "2026-02-01"}

@@ -52,6 +52,10 @@ def test_offline_lab(env, shipped_lab, tmp_path, record_property):
     destroyed = vmdock(env, "destroy", lab)
     assert "destroyed" in destroyed.stdout
     assert leftovers(lab) == {"containers": [], "networks": []}
+    for _ in range(120):  # the machine's volume (the inner Docker's data) is deleted in the background
+        if set(docker_lines("volume", "ls", "-q")) <= volumes_before:
+            break
+        time.sleep(1)
     assert set(docker_lines("volume", "ls", "-q")) <= volumes_before
     # destroy keeps the shared machine image, as Vagrant keeps boxes (`vmdock prune` removes unused ones)
     assert docker_lines("images", "-q", "--filter", "label=vmdock.role=machine-image")

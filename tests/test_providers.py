@@ -6,7 +6,7 @@ import pytest
 from vmdock import providers
 from vmdock.errors import ConfigError
 from vmdock.providers import NOT_CREATED, RUNNING
-from vmdock.providers.docker import container_states
+from vmdock.providers.docker import container_states, ssh_address
 from vmdock.providers.libvirt import domain_name, domain_states
 from vmdock.providers.virtualbox import vm_state
 from vmdock.settings import Settings
@@ -32,9 +32,7 @@ def test_unsupported_lab_images_say_so():
 
 
 def test_docker_ps_states():
-    out = ("web\trunning\tvmdock-l-web\ndb\texited\tvmdock-l-db\ncache\tcreated\tc\nbroken line\n\trunning\tx\n"
-           "restarting\trestarting\tr\nweb\texited\tvmdock-retired-0123456789ab\n")
-    # a container `reset` retired (being removed) is not the machine
+    out = "web\trunning\ndb\texited\ncache\tcreated\nbroken line\n\trunning\nrestarting\trestarting\n"
     assert container_states(out) == {"web": RUNNING, "db": "stopped", "cache": "stopped", "restarting": RUNNING}
 
 
@@ -57,3 +55,21 @@ def test_virsh_list_states():
 def test_vboxmanage_state():
     assert vm_state('name="vmdock-ch6-lamp-web"\nVMState="poweroff"\nVMStateChangeTime="x"\n') == "poweroff"
     assert vm_state("nothing here\n") is None
+
+
+def test_docker_ssh_address():
+    ports = ('{"22/tcp":[{"HostIp":"127.0.0.1","HostPort":"2222"}],'
+             '"8080/tcp":[{"HostIp":"127.0.0.1","HostPort":"8020"}]}')
+    assert ssh_address(ports) == ("127.0.0.1", 2222)
+    assert ssh_address('{"22/tcp":[{"HostIp":"0.0.0.0","HostPort":"2200"}]}') == ("127.0.0.1", 2200)
+    for unknown in ("null", "{}", '{"22/tcp":null}', "not json", ""):
+        assert ssh_address(unknown) is None
+
+
+def test_docker_knows_vagrants_network_race():
+    docker = providers.get("docker")
+    raced = ('Command: ["docker", "inspect", "516c90d5501c", {:notify=>[:stdout, :stderr]}]\n'
+             "Stderr: Error: No such object: 516c90d5501c")
+    assert docker.transient_up_failure(raced)
+    assert not docker.transient_up_failure("Stderr: Error: No such image: vmdock/machine:x")
+    assert not providers.get("libvirt").transient_up_failure(raced)

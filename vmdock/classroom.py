@@ -11,9 +11,10 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from . import __version__, labimages, providers
+from . import __version__, labimages, paths, providers
 from .errors import ProviderError, StateError
 from .lifecycle import Phase
+from .runlog import Log
 from .state import lab_lock
 
 if TYPE_CHECKING:
@@ -28,7 +29,9 @@ class Classroom:
         self.engine = engine
         self.events = engine.events
 
-    def seeds(self, home: LabHome, state: LabState, provider: providers.Provider, limit: int | None) -> dict[str, LabImage]:
+    def seeds(
+        self, home: LabHome, state: LabState, provider: providers.Provider, limit: int | None
+    ) -> dict[str, LabImage]:
         """The lab images new machines are made from (machine → image): the ones the lab was
         made from before (`reset`), else the best match; {} when none fits."""
         found = [i for i in provider.lab_images(home.log) if i.lab == home.name]
@@ -46,7 +49,8 @@ class Classroom:
         if choice.images:
             sample = next(iter(choice.images.values()))
             self.events.info(f"starting from the lab image {', '.join(i.tag for i in choice.images.values())} "
-                             f"(built {sample.built_at}, {len(sample.steps)} items done); `--no-image` takes the full path")
+                             f"(built {sample.built_at}, {len(sample.steps)} items done); "
+                             "`--no-image` takes the full path")
         return choice.images
 
     def build_image(self, name: str, *, no_steps: bool = False) -> list[LabImage]:
@@ -57,7 +61,8 @@ class Classroom:
         engine = self.engine
         home = engine.lab(name)
         state = home.state()
-        provider = engine.provider_of(state) if state.provider and state.machines else engine.choose_provider(home, state)
+        made = state.provider and state.machines
+        provider = engine.provider_of(state) if made else engine.choose_provider(home, state)
         if not provider.supports_lab_images:
             raise ProviderError(f"the {provider.name} provider cannot capture lab images (not supported yet)",
                                 lab=home.name)
@@ -89,6 +94,7 @@ class Classroom:
         base = labimages.base_fingerprint(self.engine.settings, provider.name, provider.base_image())
         fingerprint = labimages.lab_fingerprint(base, home.loaded)
         done = [key for key in state.plan if key in state.steps]
+        steps = len(home.loaded.lab.steps) if state.steps_upto is None else state.steps_upto
         snapshot = {
             "steps": {key: state.steps[key] for key in done},
             "exports": state.exports,
@@ -97,10 +103,11 @@ class Classroom:
                          for m, rec in state.machines.items()},
         }
         made = []
+        built_at = labimages.now()
         for machine in home.machine_names:
             image = labimages.LabImage(
-                labimages.image_tag(home.name, machine, fingerprint), home.name, machine, provider.name,
-                fingerprint, base, tuple(done), labimages.now(), __version__, state=snapshot,
+                labimages.image_tag(home.name, machine, fingerprint, steps), home.name, machine, provider.name,
+                fingerprint, base, tuple(done), built_at, __version__, state=snapshot,
             )
             self.events.task(f"capture {machine}")
             t0 = time.monotonic()
@@ -111,6 +118,15 @@ class Classroom:
         state.lab_images = {image.machine: image.tag for image in made}
         state.save()
         return made
+
+    def prune(self, everything: bool = False) -> list[providers.Pruned]:
+        """Remove the shared images no lab on this host uses (every provider's); say what was kept, why."""
+        log = Log(paths.vmdock_home() / "prune.log")
+        log.event("=== vmdock prune ===")
+        out: list[providers.Pruned] = []
+        for name in providers.NAMES:
+            out += providers.get(name, self.engine.settings.apt_mirror).prune(log, everything=everything)
+        return out
 
     def list_images(self) -> list[LabImage]:
         """Every lab image of every provider on this host."""
@@ -132,10 +148,13 @@ class Classroom:
             if not state.lab_images:
                 self.events.info("the lab was not made from lab images: reset takes the full path "
                                  f"(`vmdock image build {home.name}` makes one)")
-            engine.remove_machines(home, state, background=True)
+            removal = engine.remove_machines(home, state)
             limit = state.steps_upto
             state.machines.clear()
             state.steps.clear()
             state.move(Phase.RENDERED)
             state.save()
-        return engine.up(name, upto=None if limit is None else str(limit), use_images=True)
+        try:
+            return engine.up(name, upto=None if limit is None else str(limit), use_images=True)
+        finally:
+            removal.finish()  # the old disks go once the new machines run: not competing with their start

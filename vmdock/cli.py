@@ -450,7 +450,9 @@ def prune(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Remove the shared images (machine images, lab images) no lab on this host uses; say what is kept and why."""
-    rows = _engine().prune(everything)
+    from .classroom import Classroom
+
+    rows = Classroom(_engine()).prune(everything)
     if as_json:
         sys.stdout.write(json.dumps([{"image": r.image, "removed": r.removed, "why": r.why} for r in rows], indent=2) + "\n")
         return

@@ -21,10 +21,11 @@ from . import paths, preflight, providers, seats
 from .driver import machine_id
 from .errors import CommandError, StateError, VmdockError
 from .events import Events
-from .labhome import LabHome, UpResult, ssh_argv, status_row, step_limit, step_number
+from .labhome import LabHome, UpResult, refuse_fewer_steps, ssh_argv, status_row, step_limit, step_number
 from .lifecycle import Phase
 from .loader import resolve
 from .providers import NOT_CREATED, RUNNING, Provider
+from .providers.base import Removal
 from .runlog import Log
 from .settings import Settings
 from .state import LabState, lab_lock
@@ -73,7 +74,8 @@ class Engine:
 
     def driver(self, home: LabHome, provider: str):
         return self._driver_factory(
-            home.home, home.log, lab=home.name, provider=provider, on_line=lambda line: self.events.line("vagrant", line)
+            home.home, home.log, lab=home.name, provider=provider,
+            on_line=lambda line: self.events.line("vagrant", line),
         )
 
     def provider_of(self, state: LabState) -> Provider:
@@ -133,7 +135,9 @@ class Engine:
         limit = 0 if no_steps else step_limit(home.loaded, upto)
         start = time.monotonic()
         # containerlab's rule: find out what is missing before creating anything (no state, no lock file)
-        image_tarballs = needs.check(home.loaded.lab, self.settings, loaded=home.state().images, on_info=self.events.info)
+        image_tarballs = needs.check(
+            home.loaded.lab, self.settings, loaded=home.state().images, on_info=self.events.info
+        )
         with lab_lock(home.home, home.name, "up"):
             state = home.state()
             home.log.event(f"=== vmdock up {home.name} ===")
@@ -167,6 +171,7 @@ class Engine:
             use_images: bool) -> UpResult:
         from .render import write_atomic
 
+        refuse_fewer_steps(home, state, limit)
         provider = self.choose_provider(home, state)
         seat = preflight.claim_seat(home, state, self.settings.port_offset)  # the plan needs its addresses
         seeds = {}
@@ -249,7 +254,13 @@ class Engine:
         if down:
             self.events.info(f"vagrant up: {', '.join(down)} ({provider.name})")
             try:
-                driver.up()
+                try:
+                    driver.up()
+                except CommandError as exc:
+                    if not provider.transient_up_failure(exc.stderr_tail or ""):
+                        raise
+                    self.events.info(f"vagrant up failed on a race ({provider.name}): once more")
+                    driver.up()
             except CommandError as exc:
                 if "already in use" in (exc.stderr_tail or ""):  # taken since the preflight: say by whom
                     preflight.ports(home, home.loaded.lab.machines, seat)
@@ -265,7 +276,9 @@ class Engine:
                 boots[m] += 1
         return ids, boots, down
 
-    def machine_states(self, home: LabHome, state: LabState, provider: Provider, driver=None, *, refresh=False) -> dict[str, str]:
+    def machine_states(
+        self, home: LabHome, state: LabState, provider: Provider, driver=None, *, refresh=False
+    ) -> dict[str, str]:
         """Machine → Vagrant state: the provider's own answer when it agrees with the state
         file and with Vagrant's machine folders, else (or with ``refresh``) `vagrant status`."""
         names = home.machine_names
@@ -280,9 +293,12 @@ class Engine:
                 return native
             home.log.event(f"{provider.name} and the state file disagree on {', '.join(disagree)}: asking Vagrant")
         driver = driver or self.driver(home, provider.name)
-        return driver.status()
+        states: dict[str, str] = driver.status()
+        return states
 
-    def plan(self, home: LabHome, state: LabState, image_tarballs: dict, limit: int | None) -> tuple[Context, list[Item]]:
+    def plan(
+        self, home: LabHome, state: LabState, image_tarballs: dict, limit: int | None
+    ) -> tuple[Context, list[Item]]:
         """The provisioning plan, cut after the lab's step ``limit`` (None: every step).
 
         A machine's identity in the fingerprints is its id and boot count, or, when it was
@@ -291,7 +307,9 @@ class Engine:
 
         ctx = self._context(home, state)
         ctx.image_tarballs = image_tarballs
-        identities = {m: f"{rec.get('origin') or rec.get('id', '')}#{rec.get('boots', 0)}" for m, rec in state.machines.items()}
+        identities = {
+            m: f"{rec.get('origin') or rec.get('id', '')}#{rec.get('boots', 0)}" for m, rec in state.machines.items()
+        }
         plan = build_plan(ctx, identities)
         return ctx, [item for item in plan if item.builtin or limit is None or step_number(item.key) <= limit]
 
@@ -356,7 +374,8 @@ class Engine:
             raise StateError(
                 f"the lab is not up (state: {state.phase})",
                 lab=home.name,
-                hint=f"`vmdock up {home.name}` first" + (f"; last error: {state.last_error['message']}" if state.last_error else ""),
+                hint=f"`vmdock up {home.name}` first"
+                + (f"; last error: {state.last_error['message']}" if state.last_error else ""),
             )
         home.log.event(f"=== vmdock verify {home.name} ===")
         ctx = self._context(home, state)
@@ -379,7 +398,7 @@ class Engine:
             homes = [self.lab(name)]
         else:
             found, _ = discover(self.labs_dirs)
-            homes = [LabHome(l) for l in found if (paths.lab_home(l.name) / "state.json").exists()]
+            homes = [LabHome(lab) for lab in found if (paths.lab_home(lab.name) / "state.json").exists()]
         return [self._status_row(home, live, refresh) for home in homes]
 
     def _status_row(self, home: LabHome, live: bool, refresh: bool) -> dict:
@@ -415,7 +434,11 @@ class Engine:
         with lab_lock(home.home, home.name, "destroy"):
             state = home.state()
             home.log.event(f"=== vmdock destroy {home.name} ===")
-            removed = self.remove_machines(home, state) if home.vagrantfile.exists() and state.provider else []
+            removed = []
+            if home.vagrantfile.exists() and state.provider:
+                removal = self.remove_machines(home, state)
+                removal.finish()
+                removed += removal.said
             # what Vagrant left; with no provider on record, whatever any provider may have left
             leftovers = [self.provider_of(state)] if state.provider else [providers.get(p) for p in providers.NAMES]
             for provider in leftovers:
@@ -427,34 +450,25 @@ class Engine:
             state.save()
         return removed
 
-    def remove_machines(self, home: LabHome, state: LabState, *, background: bool = False) -> list[str]:
+    def remove_machines(self, home: LabHome, state: LabState) -> Removal:
         """Remove the lab's machines (the provider's quick way, else `vagrant destroy`) and
-        Vagrant's folder of them; the caller holds the lab's lock.  Say what was removed."""
+        Vagrant's folder of them; the caller holds the lab's lock and calls ``finish``."""
         provider = self.provider_of(state)
         self.events.task("destroy")
         t0 = time.monotonic()
-        removed = provider.destroy(home.instance, home.log, background=background)
-        if removed is None:
+        removal = provider.destroy(home.instance, home.log)
+        if removal is None:
             self.driver(home, provider.name).destroy()
-            removed = [f"machines ({provider.name})"]
+            removal = Removal([f"machines ({provider.name})"])
         shutil.rmtree(home.home / ".vagrant", ignore_errors=True)
         self.events.task_done("destroy", time.monotonic() - t0)
-        return removed
+        return removal
 
     def instances(self) -> list[dict]:
         """Every vmdock instance on this host, whoever's home it lives in (`vmdock status --all`)."""
         from .hostscan import instances
 
         return instances(Log(paths.vmdock_home() / "host.log"))
-
-    def prune(self, everything: bool = False) -> list[providers.Pruned]:
-        """Remove the shared images no lab on this host uses (every provider's); say what was kept, why."""
-        log = Log(paths.vmdock_home() / "prune.log")
-        log.event("=== vmdock prune ===")
-        out: list[providers.Pruned] = []
-        for name in providers.NAMES:
-            out += providers.get(name, self.settings.apt_mirror).prune(log, everything=everything)
-        return out
 
     def ssh_argv(self, name: str, machine: str | None) -> list[str]:
         home = self.lab(name)

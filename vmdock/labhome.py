@@ -55,7 +55,8 @@ def step_limit(loaded: LoadedLab, upto: str | None) -> int | None:
         if upto in (step.name, step.name_en):
             return i
     raise ConfigError(
-        f"--upto {upto!r}: no step of that number or name (the lab has steps 1–{len(steps)}; `vmdock show {loaded.name}`)"
+        f"--upto {upto!r}: no step of that number or name "
+        f"(the lab has steps 1–{len(steps)}; `vmdock show {loaded.name}`)"
     )
 
 
@@ -116,3 +117,19 @@ def ssh_argv(home: LabHome, state: LabState, machine: str | None) -> list[str]:
     for key in ssh.identity_files:
         argv += ["-i", key]
     return argv + [f"{ssh.user}@{ssh.host}"]
+
+
+def refuse_fewer_steps(home: LabHome, state: LabState, limit: int | None) -> None:
+    """Steps cannot be undone: a lab whose machines ran step N cannot be brought up to fewer."""
+    if limit is None or not state.machines:
+        return
+    done = sorted({step_number(k) for k in state.steps if k in state.plan and k.startswith("step")})
+    past = [n for n in done if n > limit]
+    if past:
+        raise StateError(
+            f"the lab's machines ran step {past[-1]} already: they cannot go back to "
+            + ("no steps" if limit == 0 else f"step {limit}"),
+            lab=home.name,
+            hint=f"`vmdock reset {home.name}` (back to the lab image it was made from), "
+            f"or `vmdock destroy {home.name}` first",
+        )

@@ -56,7 +56,9 @@ class LabImage:
     @classmethod
     def from_labels(cls, tag: str, labels: dict[str, str], size: int = 0) -> LabImage | None:
         """The image described by its labels; None when they are not a lab image's."""
-        get = lambda k: labels.get(LABEL_PREFIX + k, "")
+        def get(key: str) -> str:
+            return labels.get(LABEL_PREFIX + key, "")
+
         if get("role") != ROLE:
             return None
         try:
@@ -108,10 +110,11 @@ def lab_fingerprint(base: str, loaded: LoadedLab) -> str:
     return hashlib.sha256(f"{base}\0{_dir_hash(loaded.folder)}".encode()).hexdigest()
 
 
-def image_tag(lab: str, machine: str, fingerprint: str) -> str:
-    """``vmdock/lab-<lab>-<machine>:<fingerprint>`` (Docker's reference rules: lower case)."""
+def image_tag(lab: str, machine: str, fingerprint: str, steps: int) -> str:
+    """``vmdock/lab-<lab>-<machine>:<fingerprint>-s<steps>`` (Docker's reference rules: lower
+    case); ``steps``: how many of the lab's steps it holds (0: the student-mode lab)."""
     repo = re.sub(r"[^a-z0-9._-]+", "-", f"lab-{lab}-{machine}".lower()).strip("-._")
-    return f"vmdock/{repo}:{fingerprint[:16]}"
+    return f"vmdock/{repo}:{fingerprint[:16]}-s{steps}"
 
 
 def now() -> str:
@@ -127,16 +130,17 @@ class Choice:
 
 
 def choose(found: list[LabImage], machines: list[str], base: str, fingerprint: str, wanted: list[str]) -> Choice:
-    """The newest complete set of images (one per machine, same fingerprint) whose base is
-    ``base`` and whose items are all in ``wanted`` (the plan `up` is asked for); exact
-    fingerprint first.  Stale images are named in the notes, never used."""
-    sets: dict[str, dict[str, LabImage]] = {}
-    for image in found:
-        sets.setdefault(image.fingerprint, {})[image.machine] = image
+    """The best complete set of images (one per machine, same fingerprint and items) whose
+    base is ``base`` and whose items are all in ``wanted`` (the plan `up` is asked for): exact
+    fingerprint first, then the most items, then the newest.  Stale images are named in the
+    notes, never used."""
+    sets: dict[tuple[str, tuple[str, ...], str], dict[str, LabImage]] = {}
+    for image in found:  # the images of one `image build` share their fingerprint, items and time
+        sets.setdefault((image.fingerprint, image.steps, image.built_at), {})[image.machine] = image
     notes: list[str] = []
     usable = []
     wanted_set = set(wanted)
-    for fp, by_machine in sets.items():
+    for (fp, steps, _), by_machine in sets.items():
         if set(by_machine) != set(machines):
             continue
         sample = next(iter(by_machine.values()))
@@ -144,12 +148,14 @@ def choose(found: list[LabImage], machines: list[str], base: str, fingerprint: s
             notes.append(f"lab image {sample.tag} is stale (built by vmdock {sample.version or '?'} on another "
                          "machine image, provisioners or settings): not used")
             continue
-        if any(not set(i.steps) <= wanted_set for i in by_machine.values()):
-            continue  # it has steps this `up` does not want (student mode)
-        usable.append((fp == fingerprint, sample.built_at, by_machine))
+        if not set(steps) <= wanted_set:
+            notes.append(f"lab image {sample.tag} holds steps this `up` does not ask for: not used "
+                         f"(`vmdock image build {sample.lab} --no-steps` makes a student-mode image)")
+            continue
+        usable.append((fp == fingerprint, len(steps), sample.built_at, by_machine))
     if not usable:
         return Choice({}, notes)
-    exact, _, best = max(usable, key=lambda u: (u[0], u[1]))
+    exact, _, _, best = max(usable, key=lambda u: (u[0], u[1], u[2]))
     if not exact:
         notes.append("the lab changed since its image was built: the changed steps run again")
     return Choice(best, notes)

@@ -57,7 +57,8 @@ def boxes_catalog() -> dict:
     import yaml
 
     with open(paths.BOXES_DIR / "boxes.yaml", encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+        catalog: dict = yaml.safe_load(fh)
+    return catalog
 
 
 def machine_ips(loaded: LoadedLab, subnet: ipaddress.IPv4Network) -> dict[str, str]:

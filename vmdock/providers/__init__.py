@@ -48,7 +48,8 @@ def choose(requested: str | None, source: str = "--provider", mirror: str | None
     for i, probe in enumerate(probes):
         if probe.usable:
             skipped = "; ".join(f"{p.provider}: {p.reason}" for p in probes[:i])
-            why = f"{probe.provider}, the first usable of {', '.join(NAMES)}" + (f" (skipped {skipped})" if skipped else "")
+            why = f"{probe.provider}, the first usable of {', '.join(NAMES)}"
+            why += f" (skipped {skipped})" if skipped else ""
             return get(probe.provider, mirror), why
     raise ProviderError(
         "no usable provider: " + "; ".join(f"{p.provider}: {p.reason}" for p in probes),

@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -41,6 +42,14 @@ class Probe:
     provider: str
     usable: bool
     reason: str
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What ``Provider.destroy`` removed (said), and what starts deleting the rest."""
+
+    said: list[str]
+    finish: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,10 @@ class Provider(ABC):
     def __init__(self, mirror: str | None = None):
         self.mirror = mirror  # the apt mirror machine images are built from (docker)
 
+    def transient_up_failure(self, stderr: str) -> bool:
+        """Whether a failed `vagrant up` is worth one more try (a race the provider knows of)."""
+        return False
+
     @abstractmethod
     def probe(self) -> Probe:
         """Whether the provider can work on this host, cheaply (no `vagrant` call)."""
@@ -131,7 +144,7 @@ class Provider(ABC):
         image's base includes it): the docker machine image's tag; '' for box-based VMs."""
         return ""
 
-    def check_options(self, options: dict) -> None:
+    def check_options(self, options: dict) -> None:  # noqa: B027  (most providers check nothing)
         """Refuse options the template cannot render (a ConfigError)."""
 
     def box(self, entry: dict) -> str | None:
@@ -167,10 +180,10 @@ class Provider(ABC):
         costs seconds); None: ask Vagrant."""
         return None
 
-    def destroy(self, inst: Instance, log: Log, *, background: bool = False) -> list[str] | None:
-        """Remove the instance's machines without Vagrant, when the provider can do it quicker
-        (say what was removed); None: `vagrant destroy` does it.  ``background``: what takes
-        long may go on after this returns, as long as new machines can be made at once."""
+    def destroy(self, inst: Instance, log: Log) -> Removal | None:
+        """Remove the instance's machines without Vagrant, when the provider can do it quicker;
+        None: `vagrant destroy` does it.  What takes long (deleting disks) is left to
+        ``Removal.finish``, which starts it in the background."""
         return None
 
     def cleanup(self, inst: Instance, log: Log) -> list[str]:

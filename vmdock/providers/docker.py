@@ -6,6 +6,7 @@ so changed machine settings recreate it.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from .base import (
     Probe,
     Provider,
     Pruned,
+    Removal,
     quick_run,
     unix_socket_answers,
 )
@@ -34,8 +36,6 @@ if TYPE_CHECKING:
 INSTANCE_LABEL = "vmdock.instance"
 LAB_LABEL = "vmdock.lab"
 MACHINE_LABEL = "vmdock.machine"
-#: the name of a machine container `reset` threw away, while it is being removed
-RETIRED_PREFIX = "vmdock-retired-"
 
 
 def docker_daemon() -> tuple[bool, str]:
@@ -50,17 +50,27 @@ def docker_daemon() -> tuple[bool, str]:
 
 
 def container_states(ps_lines: str) -> dict[str, str]:
-    """``docker ps -a`` lines ``<machine label>\\t<State>\\t<name>`` → machine → Vagrant state
-    (containers that `reset` retired, being removed, left out)."""
+    """``docker ps -a`` lines ``<machine label>\\t<State>`` → machine → Vagrant state."""
     out: dict[str, str] = {}
     for line in ps_lines.splitlines():
-        machine, sep, rest = line.partition("\t")
-        state, _, name = rest.partition("\t")
-        if not sep or not machine or name.startswith(RETIRED_PREFIX):
+        machine, sep, state = line.partition("\t")
+        if not sep or not machine:
             continue
         # Vagrant's docker provider: running when `docker ps` lists it, else stopped
         out[machine] = RUNNING if state.strip() in ("running", "restarting") else "stopped"
     return out
+
+
+def ssh_address(ports_json: str) -> tuple[str, int] | None:
+    """``docker inspect -f '{{json .NetworkSettings.Ports}}'`` → where port 22 is published."""
+    try:
+        ssh = (json.loads(ports_json or "null") or {}).get("22/tcp") or []
+    except ValueError:
+        return None
+    if not ssh or not str(ssh[0].get("HostPort", "")).isdigit():
+        return None
+    host = ssh[0].get("HostIp") or "127.0.0.1"
+    return ("127.0.0.1" if host == "0.0.0.0" else host), int(ssh[0]["HostPort"])
 
 
 def _cached_create_args() -> list[str]:
@@ -82,6 +92,13 @@ class DockerProvider(Provider):
     default_hostname = True
     uses_boxes = False
     supports_lab_images = True
+
+    def transient_up_failure(self, stderr: str) -> bool:
+        """Vagrant's docker provider lists every network of the host, then inspects each: one
+        removed meanwhile (another lab's destroy) fails the `up` with "No such object"."""
+        import re
+
+        return "No such object" in stderr and re.search(r"docker\W+inspect", stderr) is not None
 
     def probe(self) -> Probe:
         if not shutil.which("vagrant"):
@@ -122,13 +139,13 @@ class DockerProvider(Provider):
     def box(self, entry: dict) -> str | None:
         return None
 
-    def netmask(self, net) -> int:
-        return net.prefixlen  # the docker provider wants a prefix length
+    def netmask(self, net: ipaddress.IPv4Network) -> int:
+        return int(net.prefixlen)  # the docker provider wants a prefix length
 
     def native_status(self, inst: Instance, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
         proc = quick_run(
             ["docker", "ps", "-a", "--filter", f"label={INSTANCE_LABEL}={inst.id}",
-             "--format", '{{.Label "' + MACHINE_LABEL + '"}}\t{{.State}}\t{{.Names}}'],
+             "--format", '{{.Label "' + MACHINE_LABEL + '"}}\t{{.State}}'],
             log,
         )
         if proc is None or proc.returncode != 0:
@@ -151,63 +168,49 @@ class DockerProvider(Provider):
             return None
         out = {}
         for machine, line in zip(machines, proc.stdout.splitlines(), strict=False):
-            ssh = (json.loads(line or "null") or {}).get("22/tcp") or []
-            if not ssh:
+            address = ssh_address(line)
+            if address is None:
                 return None
-            host = ssh[0].get("HostIp") or "127.0.0.1"
-            out[machine] = SshConfig("127.0.0.1" if host == "0.0.0.0" else host, int(ssh[0]["HostPort"]), "vagrant", (str(key),))
+            out[machine] = SshConfig(address[0], address[1], "vagrant", (str(key),))
         return out if len(out) == len(machines) else None
 
-    def destroy(self, inst: Instance, log: Log, *, background: bool = False) -> list[str] | None:
-        """`docker rm -f -v` of the instance's containers (never another home's): seconds, where `vagrant destroy`
-        takes 10–25 s (Vagrant's start, a graceful stop).  The machines are throwaway.
-        Vagrant's global machine index keeps a stale entry (`vagrant global-status --prune`).
+    def destroy(self, inst: Instance, log: Log) -> Removal | None:
+        """`docker rm -f` of the instance's containers, never another home's (a second), where `vagrant destroy` takes
+        10–25 s (Vagrant's start, a graceful stop); the machines are throwaway.  Their
+        volumes (the inner Docker's data: seconds to delete) are left to ``finish``, which
+        starts a `docker volume rm` that runs on by itself.  Vagrant's global machine index
+        keeps a stale entry (`vagrant global-status --prune`)."""
+        from ..runlog import run
 
-        ``background``: rename and kill them (names, ports and addresses are free at once for
-        new machines) and leave their removal (deleting the inner Docker's data takes
-        seconds) to a `docker rm` that runs on by itself."""
-        if background:
-            return self._retire(inst, log)
-        removed = self._remove_containers(inst, log)
-        return [f"machines (docker: {removed} container(s))"] if removed else []
+        ids = [cid for cid, _ in self._lab_containers(inst, log)]
+        if not ids:
+            return Removal([])
+        fmt = '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}'
+        volumes = run(["docker", "inspect", "-f", fmt, *ids], log, check=False).stdout.split()
+        run(["docker", "rm", "-f", *ids], log)
 
-    def _lab_containers(self, inst: Instance, log: Log) -> list[str]:
+        def finish() -> None:
+            import subprocess
+
+            if volumes:
+                cmd = ["docker", "volume", "rm", *volumes]
+                subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
+                log.event(f"host$ {' '.join(cmd)}  (left running in the background)")
+
+        said = f"machines (docker: {len(ids)} container(s); their volumes are deleted in the background)"
+        return Removal([said], finish)
+
+    def _lab_containers(self, inst: Instance, log: Log) -> list[tuple[str, str]]:
+        """(id, name) of every container of the lab instance."""
         from ..runlog import run
 
         if not docker_daemon()[0]:
             return []
-        mine = f"label={INSTANCE_LABEL}={inst.id}"
-        return run(["docker", "ps", "-aq", "--no-trunc", "--filter", mine], log).stdout.split()
-
-    def _remove_containers(self, inst: Instance, log: Log) -> int:
-        from ..runlog import run
-
-        ids = self._lab_containers(inst, log)
-        if ids:
-            result = run(["docker", "rm", "-f", "-v", *ids], log, check=False)
-            # one retired by `reset` may be going already: that is no failure
-            if result.returncode != 0 and not all(
-                "already in progress" in line or "No such container" in line
-                for line in result.stderr.splitlines() if line.strip()
-            ):
-                run(["docker", "rm", "-f", "-v", *ids], log)  # raises with the error
-        return len(ids)
-
-    def _retire(self, inst: Instance, log: Log) -> list[str]:
-        import subprocess
-
-        from ..runlog import run
-
-        ids = self._lab_containers(inst, log)
-        for cid in ids:
-            run(["docker", "rename", cid, f"{RETIRED_PREFIX}{cid[:12]}"], log, check=False)
-        if ids:
-            run(["docker", "kill", *ids], log, check=False)  # a stopped one answers "is not running"
-            cmd = ["docker", "rm", "-f", "-v", *ids]
-            subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-            log.event(f"host$ {' '.join(cmd)}  (left running in the background)")
-        return [f"machines (docker: {len(ids)} container(s) killed, removed in the background)"] if ids else []
+        cmd = ["docker", "ps", "-a", "--no-trunc", "--filter", f"label={INSTANCE_LABEL}={inst.id}",
+               "--format", "{{.ID}}\t{{.Names}}"]
+        return [(line.partition("\t")[0], line.partition("\t")[2]) for line in run(cmd, log).stdout.splitlines()
+                if line.strip()]
 
     def cleanup(self, inst: Instance, log: Log) -> list[str]:
         """Containers and the network of this instance that are left (never another's, nor the shared machine image)."""
@@ -216,13 +219,14 @@ class DockerProvider(Provider):
         if not docker_daemon()[0]:
             return []
         removed = []
-        left = self._remove_containers(inst, log)
+        left = [cid for cid, _ in self._lab_containers(inst, log)]
         if left:
-            removed.append(f"{left} leftover container(s)")
+            run(["docker", "rm", "-f", "-v", *left], log)
+            removed.append(f"{len(left)} leftover container(s)")
         mine = f"label={INSTANCE_LABEL}={inst.id}"
-        nets = run(["docker", "network", "ls", "-q", "--filter", mine], log).stdout.split()
-        for net in nets:
-            users = run(["docker", "network", "inspect", "-f", "{{len .Containers}}", net], log, check=False).stdout.strip()
+        for net in run(["docker", "network", "ls", "-q", "--filter", mine], log).stdout.split():
+            inspect = ["docker", "network", "inspect", "-f", "{{len .Containers}}", net]
+            users = run(inspect, log, check=False).stdout.strip()
             if users == "0":
                 run(["docker", "network", "rm", net], log)
                 removed.append(f"network {inst.network_name}")
@@ -268,14 +272,17 @@ class DockerProvider(Provider):
 
         if not docker_daemon()[0]:
             return []
-        found = (LabImage.from_labels(tag, labels, size) for tag, labels, size in list_images(log, f"vmdock.role={ROLE}"))
+        listed = list_images(log, f"vmdock.role={ROLE}")
+        found = (LabImage.from_labels(tag, labels, size) for tag, labels, size in listed)
         return [i for i in found if i is not None and i.provider == self.name]
 
     def capture(self, inst: Instance, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
+        from ..labimages import LABEL_PREFIX
         from ..provision import provisioner
         from .docker_capture import capture
 
-        return capture(inst.machine_name(machine), tag, labels, provisioner("start-docker.sh"), log)
+        return capture(inst.machine_name(machine), tag, labels, provisioner("start-docker.sh"), log,
+                       lab_image_label=f"{LABEL_PREFIX}fingerprint")
 
     def restore(self, inst: Instance, machine: str, log: Log) -> None:
         from .docker_capture import restore_status
@@ -332,5 +339,6 @@ def _image_users(log: Log) -> dict[str, set[str]]:
     for line in run(["docker", "inspect", "--format", fmt, *ids], log, check=False).stdout.splitlines():
         image, _, rest = line.partition("\t")
         name, _, lab = rest.partition("\t")
-        users.setdefault(image, set()).add(f"lab {lab} ({name.lstrip('/')})" if lab else f"container {name.lstrip('/')}")
+        name = name.lstrip("/")
+        users.setdefault(image, set()).add(f"lab {lab} ({name})" if lab else f"container {name}")
     return users

@@ -10,17 +10,17 @@ safely.  So capture:
 2. stops the inner dockerd cleanly (vmdock's supervisor, or the init script);
 3. packs /var/lib/docker, xattrs included, into ONE file of the container's
    own filesystem: ``/var/lib/vmdock/docker-data.tar``;
-4. installs the start hook ``/usr/local/sbin/vmdock-lab-start`` and vmdock's
-   start-docker provisioner beside it;
+4. installs the start hook ``/usr/local/sbin/vmdock-lab-start`` (which runs
+   ``vmdock-lab-restore`` on its own) and vmdock's start-docker provisioner;
 5. ``docker commit``s the container with the hook as its entrypoint and the
    lab image's labels;
 6. puts the machine back as it was (tar removed, dockerd and the containers
    started again).
 
-A container made from the image runs the hook first: the tar goes back into
-the new, empty volume, dockerd starts, the recorded containers start, then the
-machine's own init (sshd) runs, so SSH answers only when the machine is whole.
-``restore`` checks what the hook wrote.
+A container made from the image runs the hook first; it starts the restore on
+its own and the machine's init (sshd) at once, so Vagrant is done while the
+tar goes back into the new, empty volume, dockerd starts and the recorded
+containers start.  ``restore_status`` waits for the restore's outcome.
 """
 from __future__ import annotations
 
@@ -39,15 +39,31 @@ RUNNING = f"{STATE_DIR}/running-containers"
 START_DOCKER = f"{STATE_DIR}/start-docker.sh"
 STATUS = f"{STATE_DIR}/lab-start.status"
 HOOK = "/usr/local/sbin/vmdock-lab-start"
+RESTORE = "/usr/local/sbin/vmdock-lab-restore"
 HOOK_LOG = "/var/log/vmdock-lab-start.log"
 MACHINE_INIT = "/usr/local/sbin/vmdock-machine-init"  # the machine image's entrypoint
 MACHINE_CMD = ["/usr/sbin/sshd", "-D", "-e"]
 TAR_FLAGS = "--xattrs --xattrs-include='*' --numeric-owner"
+#: start the recorded containers: oldest first, and again while some start (one may need
+#: another running first: --link, --network container:, --volumes-from)
+_START_RECORDED = f"""\
+start_recorded() {{
+    local pending left c
+    pending=$(cat {RUNNING} 2>/dev/null || true)
+    for _ in 1 2 3 4 5; do
+        left=
+        for c in $pending; do docker start "$c" >/dev/null 2>&1 || left="$left $c"; done
+        [ -z "$left" ] && return 0
+        pending=$left
+    done
+    for c in $left; do docker start "$c" >/dev/null; done
+}}
+"""
 
 _STOP_AND_PACK = f"""\
 set -euo pipefail
 mkdir -p {STATE_DIR}
-docker ps -q --no-trunc > {RUNNING}
+docker ps -q --no-trunc | tac > {RUNNING}  # oldest first
 sup=$(cat /var/run/vmdock-dockerd.pid 2>/dev/null || true)
 if [ -n "$sup" ] && kill -0 "$sup" 2>/dev/null; then
     kill -TERM "$sup"
@@ -60,37 +76,47 @@ rm -f {DATA_TAR} {STATUS}
 tar {TAR_FLAGS} -cpf {DATA_TAR} -C /var/lib/docker .
 """
 
-_HOOK = f"""\
+_RESTORE = f"""\
 #!/bin/bash
+# vmdock-lab-restore: run by vmdock-lab-start, on its own, at each start of a machine
+# made from a vmdock lab image (docker provider).  On the first start the inner
+# dockerd's data, kept aside as one tar (an image layer cannot hold overlay2
+# data), goes back into the empty /var/lib/docker volume; then dockerd starts
+# (vmdock's start-docker.sh) and the containers that ran when the image was made
+# start again.  The outcome goes to {STATUS}, its log to {HOOK_LOG}.
+echo "vmdock-lab-restore: $(date -u +%FT%TZ)"
+status=ok
+if [ -f {DATA_TAR} ] && [ -z "$(ls -A /var/lib/docker 2>/dev/null)" ]; then
+    tar {TAR_FLAGS} -xpf {DATA_TAR} -C /var/lib/docker || status="restoring /var/lib/docker failed"
+    echo "vmdock-lab-restore: $(date -u +%FT%TZ) /var/lib/docker restored"
+fi
+if [ "$status" = ok ]; then
+    bash {START_DOCKER} || status="starting dockerd failed"
+fi
+{_START_RECORDED}
+if [ "$status" = ok ]; then
+    start_recorded || status="starting the lab's containers failed"
+fi
+echo "$status" > {STATUS}.new && mv -f {STATUS}.new {STATUS}
+echo "vmdock-lab-restore: $(date -u +%FT%TZ) $status"
+"""
+
+_HOOK = f"""\
+#!/bin/sh
 # vmdock-lab-start: the entrypoint of a vmdock lab image (docker provider).
-# On the first start the inner dockerd's data, kept aside as one tar (an image
-# layer cannot hold overlay2 data), goes back into the empty /var/lib/docker
-# volume; then dockerd starts (vmdock's start-docker.sh) and the containers
-# that ran when the image was made start again; then the machine's init.
+# Starts {RESTORE} on its own (sshd need not wait for it: vmdock waits for
+# {STATUS}), then the machine's init.
 rm -f {STATUS}
-{{
-    echo "vmdock-lab-start: $(date -u +%FT%TZ)"
-    status=ok
-    if [ -f {DATA_TAR} ] && [ -z "$(ls -A /var/lib/docker 2>/dev/null)" ]; then
-        tar {TAR_FLAGS} -xpf {DATA_TAR} -C /var/lib/docker || status="restoring /var/lib/docker failed"
-    fi
-    if [ "$status" = ok ]; then
-        bash {START_DOCKER} || status="starting dockerd failed"
-    fi
-    if [ "$status" = ok ] && [ -s {RUNNING} ]; then
-        xargs -r docker start < {RUNNING} >/dev/null || status="starting the lab's containers failed"
-    fi
-    echo "$status" > {STATUS}
-    echo "vmdock-lab-start: $(date -u +%FT%TZ) $status"
-}} >>{HOOK_LOG} 2>&1
+( setsid {RESTORE} >>{HOOK_LOG} 2>&1 </dev/null & )
 exec {MACHINE_INIT} "$@"
 """
 
 _RESUME = f"""\
 set -euo pipefail
+{_START_RECORDED}
 rm -f {DATA_TAR}
 bash {START_DOCKER} >/dev/null
-if [ -s {RUNNING} ]; then xargs -r docker start < {RUNNING} >/dev/null; fi
+start_recorded
 """
 
 
@@ -104,41 +130,57 @@ def _exec(container: str, script: str, log: Log, what: str, timeout: float = 180
 def _put(container: str, path: str, text: str, log: Log, mode: str = "0755") -> None:
     from ..runlog import run
 
-    run(["docker", "exec", "-i", container, "sh", "-c", f"cat > {shlex.quote(path)} && chmod {mode} {shlex.quote(path)}"],
-        log, input=text)
+    script = f"cat > {shlex.quote(path)} && chmod {mode} {shlex.quote(path)}"
+    run(["docker", "exec", "-i", container, "sh", "-c", script], log, input=text)
 
 
-def capture(container: str, tag: str, labels: dict[str, str], start_docker: str, log: Log) -> str:
-    """Commit ``container`` as ``tag`` (see the module's doc); return the image id."""
+def capture(container: str, tag: str, labels: dict[str, str], start_docker: str, log: Log,
+            lab_image_label: str) -> str:
+    """Commit ``container`` as ``tag`` (see the module's doc); return the image id.
+
+    A machine made from a lab image is flattened (`docker export | docker import`): a
+    commit would stack the new data tar on the old one, layer after layer."""
     from ..runlog import run
 
     _exec(container, _STOP_AND_PACK, log, "stopping dockerd and packing /var/lib/docker")
     try:
         _put(container, START_DOCKER, start_docker, log)
+        _put(container, RESTORE, _RESTORE, log)
         _put(container, HOOK, _HOOK, log)
         changes = [f"ENTRYPOINT {json.dumps([HOOK])}", f"CMD {json.dumps(MACHINE_CMD)}"]
         changes += [f"LABEL {k}={json.dumps(v)}" for k, v in sorted(labels.items())]
-        args = ["docker", "commit"]
-        for c in changes:
-            args += ["--change", c]
-        image_id = run([*args, container, tag], log, timeout=1800).stdout.strip()
+        fmt = ("{{json .Config.Env}}\t{{json .Config.ExposedPorts}}\t"
+               "{{index .Config.Labels \"" + lab_image_label + "\"}}")
+        env, ports, from_lab_image = run(["docker", "inspect", "-f", fmt, container], log).stdout.strip().split("\t")
+        if from_lab_image:
+            changes += [f"ENV {e.partition('=')[0]}={json.dumps(e.partition('=')[2])}" for e in json.loads(env) or []]
+            changes += [f"EXPOSE {p}" for p in json.loads(ports) or {}]
+            flags = " ".join(f"--change {shlex.quote(c)}" for c in changes)
+            pipe = f"docker export {shlex.quote(container)} | docker import {flags} - {shlex.quote(tag)}"
+            image_id: str = run(["bash", "-o", "pipefail", "-c", pipe], log, timeout=1800).stdout.strip()
+        else:
+            args = ["docker", "commit"]
+            for c in changes:
+                args += ["--change", c]
+            image_id = run([*args, container, tag], log, timeout=1800).stdout.strip()
     finally:
         _exec(container, _RESUME, log, "starting dockerd again")
     return image_id
 
 
-def restore_status(container: str, log: Log) -> None:
-    """Raise when the start hook of a machine made from a lab image did not finish well."""
+def restore_status(container: str, log: Log, wait: float = 600) -> None:
+    """Wait for the start hook of a machine made from a lab image; raise when it failed."""
     from ..runlog import run
 
-    out = run(["docker", "exec", container, "sh", "-c", f"cat {STATUS} 2>/dev/null; echo; tail -n 20 {HOOK_LOG} 2>/dev/null"],
-              log, check=False)
+    script = (f"for _ in $(seq 1 {int(wait * 2)}); do [ -s {STATUS} ] && break; sleep 0.5; done; "
+              f"cat {STATUS} 2>/dev/null; echo; tail -n 20 {HOOK_LOG} 2>/dev/null")
+    out = run(["docker", "exec", container, "sh", "-c", script], log, check=False, timeout=wait + 60)
     status = out.stdout.split("\n", 1)[0].strip()
     if out.returncode != 0 or status != "ok":
         raise ProviderError(
-            f"{container}: starting from the lab image failed: {status or 'the start hook did not run'}",
+            f"{container}: starting from the lab image failed: {status or 'no answer from its start hook'}",
             stderr_tail=tail(out.stdout + out.stderr),
-            hint="`vmdock up --no-image` takes the full path; `vmdock prune` then removes the broken image",
+            hint="`vmdock up --no-image` takes the full path; `vmdock prune` then removes the unused image",
         )
 
 
@@ -155,7 +197,7 @@ def list_images(log: Log, role_label: str) -> list[tuple[str, dict[str, str], in
     if out.returncode != 0:
         raise CommandError("docker image inspect of the lab images failed", stderr_tail=tail(out.stderr), log=log.path)
     rows = []
-    for ref, line in zip(refs, out.stdout.splitlines()):
+    for ref, line in zip(refs, out.stdout.splitlines(), strict=False):
         labels_json, _, size = line.rpartition("\t")
         rows.append((ref, json.loads(labels_json or "{}") or {}, int(size or 0)))
     return rows

@@ -66,7 +66,9 @@ def _boot_guest(qemu: str, accel: str, disk: str, timeout: float) -> tuple[bool,
     ]
     start = time.monotonic()
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
     except OSError as exc:
         return False, 0.0, f"{qemu}: {exc}"
     try:
@@ -81,7 +83,7 @@ def _boot_guest(qemu: str, accel: str, disk: str, timeout: float) -> tuple[bool,
     seconds = time.monotonic() - start
     if proc.returncode == 3:
         return True, seconds, f"booted in {seconds:.1f}s"
-    lines = [l for l in (err or "").splitlines() if l.strip() and "warning:" not in l]
+    lines = [line for line in (err or "").splitlines() if line.strip() and "warning:" not in line]
     return False, seconds, f"exit {proc.returncode}: {lines[-1].strip()[:200] if lines else 'no message'}"
 
 
@@ -108,7 +110,8 @@ def kvm_probe(log=None, *, refresh: bool = False, timeout: float = KVM_PROBE_TIM
     facts_file = paths.cache_dir() / images.HOST_FACTS_FILE
     boot_id = _boot_id()
     known = images._read_json(facts_file).get(KVM_FACTS_KEY)
-    if not refresh and isinstance(known, dict) and known.get("boot_id") == boot_id and known.get("qemu") == qemu and "usable" in known:
+    if (not refresh and isinstance(known, dict) and "usable" in known
+            and known.get("boot_id") == boot_id and known.get("qemu") == qemu):
         return bool(known["usable"]), str(known.get("why", ""))
     with tempfile.TemporaryDirectory(prefix="vmdock-kvm-probe-") as tmp:
         disk = os.path.join(tmp, "boot.img")
@@ -134,7 +137,8 @@ def kvm_probe(log=None, *, refresh: bool = False, timeout: float = KVM_PROBE_TIM
         facts_file.parent.mkdir(parents=True, exist_ok=True)
         from ..runlog import Log
 
-        with images._file_lock(paths.cache_dir() / f"{images.HOST_FACTS_FILE}.lock", "host facts", log or Log(Path(os.devnull)), wait=60):
+        lock = paths.cache_dir() / f"{images.HOST_FACTS_FILE}.lock"
+        with images._file_lock(lock, "host facts", log or Log(Path(os.devnull)), wait=60):
             facts = images._read_json(facts_file)
             facts[KVM_FACTS_KEY] = {
                 "usable": usable,

@@ -96,7 +96,8 @@ class LibvirtProvider(Provider):
         if not shutil.which("vagrant"):
             return Probe(self.name, False, "vagrant not found")
         if not vagrant_plugin_installed("vagrant-libvirt"):
-            return Probe(self.name, False, "the vagrant-libvirt plugin is not installed (apt-get install vagrant-libvirt)")
+            why = "the vagrant-libvirt plugin is not installed (apt-get install vagrant-libvirt)"
+            return Probe(self.name, False, why)
         if not (shutil.which("qemu-system-x86_64") or shutil.which("qemu-kvm")):
             return Probe(self.name, False, "qemu-system-x86_64 not found (apt-get install qemu-system-x86)")
         ok, detail = unix_socket_answers(LIBVIRT_SOCKET)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .providers import Provider
     from .seats import Seat
 
+
 class RubyLiteral(str):
     """A string that is already a Ruby literal."""
 

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import ProviderError
 from .base import (
     NOT_CREATED,
     RUNNING,
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 #: the labels vmdock's Vagrantfile puts on every machine container
 INSTANCE_LABEL = "vmdock.instance"
+#: how long `remove` waits for dockerd to let go of a container a killed `docker run` was making
+REMOVE_TIMEOUT = 120.0
 LAB_LABEL = "vmdock.lab"
 MACHINE_LABEL = "vmdock.machine"
 
@@ -254,10 +257,23 @@ class DockerProvider(Provider):
         return docker_machines(log, inst.id) if docker_daemon()[0] else None
 
     def remove(self, machines: list[Machine], log: Log) -> None:
+        """`docker rm -f -v`, until they are gone: a container that a killed `docker run` left
+        being created is listed before dockerd can remove it (it answers "No such container")."""
+        import time
+
+        from ..hostscan import docker_machines
         from ..runlog import run
 
-        if machines:
-            run(["docker", "rm", "-f", "-v", *[m.id for m in machines]], log)
+        ids = {m.id for m in machines}
+        deadline = time.monotonic() + REMOVE_TIMEOUT
+        while ids:
+            run(["docker", "rm", "-f", "-v", *sorted(ids)], log, check=False)
+            ids &= {m.id for m in docker_machines(log, machines[0].instance)}
+            if ids and time.monotonic() > deadline:
+                raise ProviderError(f"docker rm -f did not remove {', '.join(i[:12] for i in sorted(ids))}",
+                                    hint="`docker ps -a` shows it; dockerd may be overloaded")
+            if ids:
+                time.sleep(1)
 
     def base_image(self) -> str:
         """The machine image `up` would use now ('' when its rootfs is not built: no tag yet)."""

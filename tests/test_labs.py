@@ -51,7 +51,7 @@ def test_offline_lab(env, shipped_lab, tmp_path, record_property):
 
     destroyed = vmdock(env, "destroy", lab)
     assert "destroyed" in destroyed.stdout
-    assert leftovers(lab) == {"containers": [], "networks": []}
+    assert leftovers(env, lab) == {"containers": [], "networks": []}
     for _ in range(120):  # the machine's volume (the inner Docker's data) is deleted in the background
         if set(docker_lines("volume", "ls", "-q")) <= volumes_before:
             break

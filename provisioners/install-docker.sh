@@ -18,6 +18,11 @@
 #   VMDOCK_GET_DOCKER_URL    optional, docker-ce only: where to fetch the script
 #                            (default https://get.docker.com; file:///path works).
 #
+# The user who ran this script with sudo (SUDO_USER: the SSH login user,
+# `vagrant`, the one `vmdock ssh` logs in as) is put in group `docker`, so that
+# it runs `docker ps` without sudo as the book's reader does; this holds for
+# an installed Docker too.
+#
 # apt runs with DEBIAN_FRONTEND=noninteractive and waits up to 300 s for the
 # dpkg lock (unattended-upgrades at boot).  `apt-get update` runs only when the
 # package lists are missing, older than an hour or older than the sources, or
@@ -40,8 +45,20 @@ case "$SOURCE" in
     *) die "VMDOCK_DOCKER_SOURCE must be 'debian' or 'docker-ce', got: $SOURCE" ;;
 esac
 
+# The login user joins group docker (created here if the package did not).
+grant_docker_group() {
+    local user=${SUDO_USER:-}
+    [ -n "$user" ] && [ "$user" != root ] && id "$user" >/dev/null 2>&1 || return 0
+    getent group docker >/dev/null || groupadd --system docker
+    if ! id -nG "$user" | tr ' ' '\n' | grep -qx docker; then
+        usermod -aG docker "$user"
+        say "added $user to group docker"
+    fi
+}
+
 if command -v docker >/dev/null 2>&1 && command -v dockerd >/dev/null 2>&1; then
     say "docker already installed ($(docker --version 2>/dev/null || echo 'version unknown')); nothing to do"
+    grant_docker_group
     exit 0
 fi
 command -v apt-get >/dev/null 2>&1 || die "apt-get not found: only Debian and Ubuntu machines are supported"
@@ -179,3 +196,4 @@ fi
 { command -v docker >/dev/null 2>&1 && command -v dockerd >/dev/null 2>&1; } \
     || fail_with_log "the install finished but docker/dockerd are not on PATH"
 say "installed $(docker --version) in $(( $(date +%s) - start )) s"
+grant_docker_group

@@ -36,7 +36,9 @@ import zstandard
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vmdock import bundle, images, paths  # noqa: E402 (after the path insert)
+from vmdock import bundle, paths  # noqa: E402 (after the path insert)
+from vmdock.hostbuild import machine_image as mi  # noqa: E402
+from vmdock.hostbuild import rootfs as rf  # noqa: E402
 from vmdock.events import Events  # noqa: E402
 from vmdock.loader import resolve  # noqa: E402
 from vmdock.settings import Settings  # noqa: E402
@@ -60,10 +62,10 @@ def docker(*args: str, **kw) -> subprocess.CompletedProcess:
 def machine_image(rootfs: Path) -> str:
     """The machine image `vmdock up` uses with this rootfs (else any)."""
     fmt = "{{.Repository}}:{{.Tag}}"
-    refs = docker("image", "ls", "--filter", f"label={images.ROLE_LABEL}", "--format", fmt).stdout.split()
+    refs = docker("image", "ls", "--filter", f"label={mi.ROLE_LABEL}", "--format", fmt).stdout.split()
     if not refs:
         sys.exit("no machine image here: `vmdock box build --provider docker` first")
-    current = images.machine_image_tag(rootfs, images.apt_mirror()) if rootfs.is_file() else ""
+    current = mi.machine_image_tag(rf.apt_mirror())
     return current if current in refs else refs[0]
 
 
@@ -145,9 +147,9 @@ def main() -> int:
     for f in list(args.from_cache.glob("rootfs-*.tar.gz*")) + list(args.from_cache.glob("boxes/*.box*")):
         shutil.copy2(f, teacher / f.relative_to(args.from_cache))
     ref = f"vmdock-bench/machine:{uuid.uuid4().hex[:8]}"
-    source = machine_image(teacher / images.rootfs_path().name)
+    source = machine_image(teacher / rf.rootfs_path().name)
     os.environ.update(VMDOCK_HOME=str(tmp / "home"), VAGRANT_HOME=str(tmp / "vagrant.d"))
-    images.ROLE_LABEL = BENCH_ROLE  # the copy is the machine image of this run
+    mi.ROLE_LABEL = BENCH_ROLE  # the copy is the machine image of this run
     report: dict = {"labs": args.labs, "machine_image": f"{source} (bundled as a one-layer copy)", "level": args.level}
     try:
         copy_machine_image(source, ref)

@@ -1,4 +1,4 @@
-"""Box resolution (vmdock-built box vs Vagrant Cloud vs VMDOCK_BOX_URL_*) and the libvirt driver choice.
+"""Box resolution (vmdock-built box vs Vagrant Cloud vs VMDOCK_BOX_URL_*), the box's apt sources and the libvirt driver choice.
 
 Fast: no Vagrant, no libvirt; Vagrant's box folder and the KVM probe are faked.
 """
@@ -8,10 +8,9 @@ import json
 
 import pytest
 
-from vmdock import boxes
-from vmdock.providers import kvm as kvm_module
 from vmdock.providers import libvirt
 from vmdock.errors import ConfigError
+from vmdock.hostbuild import box_image, boxes, hostfacts
 from vmdock.loader import load_lab
 from vmdock.render import RenderOptions, render
 
@@ -111,7 +110,7 @@ def test_box_list_rows(vagrant_home, monkeypatch, tmp_path):
 
 def test_build_refuses_virtualbox():
     with pytest.raises(ConfigError, match="libvirt"):
-        boxes.build(None, provider="virtualbox")
+        box_image.build(None, provider="virtualbox")
 
 
 def test_libvirt_domain_type_override(monkeypatch):
@@ -136,9 +135,9 @@ def test_libvirt_domain_type_override(monkeypatch):
 def test_kvm_probe_compares_kvm_with_tcg_and_remembers(monkeypatch, tmp_path, kvm, tcg, usable):
     monkeypatch.setenv("VMDOCK_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("VMDOCK_LIBVIRT_DRIVER", raising=False)
-    monkeypatch.setattr(kvm_module.os.path, "exists", lambda p: True)
-    monkeypatch.setattr(kvm_module.os, "access", lambda p, m: True)
-    monkeypatch.setattr(kvm_module, "_qemu_binary", lambda: "/usr/bin/qemu-system-x86_64")
+    monkeypatch.setattr(hostfacts.os.path, "exists", lambda p: True)
+    monkeypatch.setattr(hostfacts.os, "access", lambda p, m: True)
+    monkeypatch.setattr(hostfacts, "_qemu_binary", lambda: "/usr/bin/qemu-system-x86_64")
     calls = []
 
     def boot(qemu, accel, disk, timeout):
@@ -148,13 +147,25 @@ def test_kvm_probe_compares_kvm_with_tcg_and_remembers(monkeypatch, tmp_path, kv
         assert len(sector) == 512 and sector[510:] == b"\x55\xaa"
         return kvm if accel == "kvm" else tcg
 
-    monkeypatch.setattr(kvm_module, "_boot_guest", boot)
-    assert kvm_module.kvm_probe()[0] is usable
+    monkeypatch.setattr(hostfacts, "_boot_guest", boot)
+    assert hostfacts.kvm_probe()[0] is usable
     assert calls == ["kvm", "tcg"]
-    assert kvm_module.kvm_probe()[0] is usable  # remembered: no second boot
+    assert hostfacts.kvm_probe()[0] is usable  # remembered: no second boot
     assert calls == ["kvm", "tcg"]
     facts = json.loads((tmp_path / "cache" / "host-facts.json").read_text())
     assert facts["kvm"]["usable"] is usable
     seen = []
     assert libvirt.domain_type(seen.append) == ("kvm" if usable else "qemu")
     assert seen and seen[0].startswith("libvirt domain type")
+
+
+def test_box_sources_come_from_the_machines_template(monkeypatch):
+    monkeypatch.delenv("VMDOCK_APT_SECURITY_MIRROR", raising=False)
+    text = box_image.debian_sources("http://deb.debian.org/debian", "bookworm")
+    assert text.startswith("# Written by vmdock (vmdock box build).\n")
+    assert "URIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\n" in text
+    assert "URIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n" in text
+    local = box_image.debian_sources("http://127.0.0.1:3142/debian", "bookworm")
+    assert "security" not in local  # a local mirror: no security stanza unless one is given
+    monkeypatch.setenv("VMDOCK_APT_SECURITY_MIRROR", "http://127.0.0.1:3142/debian-security")
+    assert "URIs: http://127.0.0.1:3142/debian-security\n" in box_image.debian_sources("http://127.0.0.1:3142/debian", "bookworm")

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from vmdock import bundle, cli, images, needs
+from vmdock import bundle, cli, needs
+from vmdock.hostbuild import machine_image, rootfs
 from vmdock.bundle_manifest import (
     MANIFEST,
     BundleWriter,
@@ -118,10 +119,10 @@ def teacher(tmp_path_factory):
         mp.setenv("VMDOCK_CACHE", str(cache))
         for name in ("VMDOCK_IMAGES_DIR", "VMDOCK_APT_MIRROR"):
             mp.delenv(name, raising=False)
-        mp.setattr(images, "ROLE_LABEL", TEST_ROLE)
-        mp.setattr(images, "MACHINE_IMAGE_REPO", MACHINE_REPO)
+        mp.setattr(machine_image, "ROLE_LABEL", TEST_ROLE)
+        mp.setattr(machine_image, "MACHINE_IMAGE_REPO", MACHINE_REPO)
         # the machine image `vmdock up` would use with this rootfs, and an older one left out
-        machine_ref = images.machine_image_tag(cache / ROOTFS, images.apt_mirror())
+        machine_ref = machine_image.machine_image_tag(rootfs.apt_mirror())
         _tiny_image(machine_ref, TEST_ROLE, "vmdock.mirror=http://mirror.test/debian")
         _tiny_image(STALE_MACHINE_REF, TEST_ROLE)
         _tiny_image(LAB_IMAGE_REF, f"vmdock.lab-image.lab={LAB}")
@@ -146,7 +147,7 @@ def student(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("VMDOCK_CACHE", str(cache))
     monkeypatch.setenv("VAGRANT_HOME", str(tmp_path / "vagrant.d"))
     monkeypatch.setenv("VMDOCK_REGISTRY_PROBE", CLOSED_PROBE)
-    monkeypatch.setattr(images, "ROLE_LABEL", TEST_ROLE)
+    monkeypatch.setattr(machine_image, "ROLE_LABEL", TEST_ROLE)
     for name in ("VMDOCK_LIBVIRT_DRIVER", "VMDOCK_APT_MIRROR"):
         monkeypatch.delenv(name, raising=False)
     return cache
@@ -180,9 +181,9 @@ def test_export_carries_images_caches_and_needs(teacher, capsys):
 
 def test_export_of_a_lab_without_lab_images_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("VMDOCK_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(images, "ROLE_LABEL", TEST_ROLE)
+    monkeypatch.setattr(machine_image, "ROLE_LABEL", TEST_ROLE)
     events = Recorder()
-    manifest = bundle.export(tmp_path / "b.vmdock", [resolve("ch6-lamp")], Settings(), events, bundle.log_file())
+    manifest = bundle.export(tmp_path / "b.vmdock", [resolve("ch91-alpha", [ROOT / "tests" / "labs" / "good"])], Settings(), events, bundle.log_file())
     bundled = [r.ref for m in manifest.members for r in m.images]
     assert not any(ref.startswith("vmdock/lab-") for ref in bundled)
     assert any("no lab images built here" in n for n in manifest.labs[0].notes)
@@ -207,7 +208,7 @@ def test_import_makes_the_online_lab_pass_its_preflight(teacher, student, capsys
     assert "loaded: docker-images" in out and f"imported: rootfs {ROOTFS}" in out
     for ref, image_id in ids.items():
         assert docker("image", "inspect", "--format", "{{.Id}}", ref).stdout.decode().strip() == image_id
-    assert (student / ROOTFS).is_file() and images.rootfs_meta(student / ROOTFS)["sha256"]
+    assert (student / ROOTFS).is_file() and rootfs.rootfs_meta(student / ROOTFS)["sha256"]
     meta = json.loads((student / f"{ROOTFS}.json").read_text())
     assert meta["mtime_ns"] == (student / ROOTFS).stat().st_mtime_ns  # no rehash on first use
     assert "registered with Vagrant as vmdock-test/box" in out
@@ -329,7 +330,7 @@ def test_a_failed_docker_load_leaves_no_file_and_no_image(student, tmp_path, cap
         w.add(MANIFEST, "none", lambda s: s.write(data))
         w.close()
     code, _, err = run(capsys, "bundle", "import", str(path))
-    assert code == 1 and "docker load failed" in err, err
+    assert code == 3 and "docker load failed" in err, err
     assert not (student / ROOTFS).exists() and not list(student.glob(".bundle-import.*"))
     assert vmdock_test_images() == {}
 

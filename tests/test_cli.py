@@ -91,7 +91,7 @@ def test_bad_setting_is_a_config_error(capsys, monkeypatch):
     monkeypatch.setenv("VMDOCK_PROVIDER", "vmware")
     code, _, err = run(capsys, "status")
     assert code == 2
-    assert err.splitlines()[0] == "error: provider 'vmware' is not one of virtualbox, libvirt, docker"
+    assert err.splitlines()[0] == "error: VMDOCK_PROVIDER: 'vmware' is not one of virtualbox, libvirt, docker"
     assert "hint: set --provider or VMDOCK_PROVIDER" in err and "Traceback" not in err
 
 
@@ -180,9 +180,31 @@ def test_show(capsys):
 def test_steps_prints_the_commands(capsys):
     code, out, _ = run(capsys, "--labs-dir", str(GOOD), "steps", "ch91-alpha")
     assert code == 0
-    assert "## 91.1 准备  (91.1 Prepare)   [on every machine]" in out
-    assert "bash setup.sh" in out
+    # a step on every machine: one section per machine, in the order vmdock runs them
+    assert "## 91.1 准备  (91.1 Prepare)   [on web]\nexport VMDOCK_MACHINE=web" in out
+    assert "## 91.1 准备  (91.1 Prepare)   [on db]\nexport VMDOCK_MACHINE=db" in out
+    assert out.count("bash setup.sh") == 2
     assert '## 91.2 网页   [on web]' in out and 'echo "WEB_PORT=80" >> "$VMDOCK_EXPORTS"' in out
+    assert 'set -a; . "$VMDOCK_EXPORTS"; set +a   # WEB_PORT' in out
+
+
+def test_steps_exports_every_variable_a_step_gets(capsys, vmdock_home):
+    from vmdock.loader import resolve
+    from vmdock.provision import step_env
+
+    code, out, _ = run(capsys, "--labs-dir", str(GOOD), "steps", "ch91-alpha")
+    assert code == 0
+    loaded = resolve("ch91-alpha", [GOOD])
+    for machine in ("web", "db"):
+        # before `vmdock up` the lab has no network: the addresses are named, not given
+        env = step_env(loaded.lab, machine, {}, {"DB_PASSWORD": "x"}, {})
+        for key, value in env.items():
+            if key == "DB_PASSWORD":
+                assert "export DB_PASSWORD=...   # a secret" in out
+            else:
+                assert f"export {key}={value}" in out, key
+    assert {"VMDOCK_LAB", "VMDOCK_MACHINE", "VMDOCK_LAB_DIR", "VMDOCK_BASE_IMAGE", "GREETING"} <= set(env)
+    assert "# VMDOCK_IP_<MACHINE>: each machine's private address, chosen by `vmdock up`" in out
 
 
 def test_schema_is_json_with_machines(capsys):

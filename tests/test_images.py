@@ -1,4 +1,4 @@
-"""vmdock.images against the real thing: debootstrap, dockerd, sshd, paramiko.
+"""vmdock.hostbuild (rootfs, machine image) against the real thing: debootstrap, dockerd, sshd, paramiko.
 
 No mocks.  The rootfs tarball is cached in a fixed VMDOCK_HOME under
 /var/tmp so debootstrap runs once per machine, not once per test run.  Every
@@ -26,8 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from vmdock import images, paths
+from vmdock import paths
 from vmdock.errors import CommandError, ProviderError, VmdockError
+from vmdock.hostbuild import machine_image as mi
+from vmdock.hostbuild import rootfs
 from vmdock.runlog import Log
 
 paramiko = pytest.importorskip("paramiko")
@@ -81,7 +83,7 @@ def module_log(tmp_path_factory) -> Log:
 
 @pytest.fixture(scope="module")
 def machine_image(module_log) -> str:
-    return images.ensure_machine_image(module_log)
+    return mi.ensure_machine_image(module_log)
 
 
 def _commands(log: Log, needle: str) -> list[str]:
@@ -163,16 +165,16 @@ def ssh_ok(client, command: str, timeout: float = 600) -> str:
 
 def test_rootfs_is_a_clean_cached_minbase(module_log):
     started = time.monotonic()
-    tarball = images.rootfs_tarball(module_log)
+    tarball = rootfs.rootfs_tarball(module_log)
     first = time.monotonic() - started
-    assert tarball == paths.cache_dir() / f"rootfs-bookworm-{images.debian_arch()}.tar.gz"
+    assert tarball == paths.cache_dir() / f"rootfs-bookworm-{rootfs.debian_arch()}.tar.gz"
     assert str(tarball).startswith(str(TEST_HOME))
     assert not list(tarball.parent.glob(".rootfs-*")), "temporary build folders left behind"
 
     started = time.monotonic()
-    assert images.rootfs_tarball(module_log) == tarball
+    assert rootfs.rootfs_tarball(module_log) == tarball
     assert time.monotonic() - started < 0.5
-    meta = images.rootfs_meta(tarball)
+    meta = rootfs.rootfs_meta(tarball)
     assert meta["sha256"] and meta["size"] == tarball.stat().st_size
     assert meta.get("suite", "bookworm") == "bookworm"
 
@@ -198,7 +200,7 @@ def test_rootfs_is_a_clean_cached_minbase(module_log):
 def test_rootfs_build_failure_cleans_up_and_explains(tmp_path, monkeypatch, log):
     monkeypatch.setenv("VMDOCK_HOME", str(tmp_path / "home"))
     with pytest.raises(CommandError) as info:
-        images.rootfs_tarball(log, mirror=DEAD_MIRROR)
+        rootfs.rootfs_tarball(log, mirror=DEAD_MIRROR)
     err = info.value
     assert "debootstrap" in (err.command or "")
     assert err.hint and DEAD_MIRROR in err.hint and "VMDOCK_APT_MIRROR" in err.hint
@@ -211,7 +213,7 @@ def test_rootfs_build_failure_cleans_up_and_explains(tmp_path, monkeypatch, log)
 
 def test_invalid_mirror_is_a_config_error(log):
     with pytest.raises(VmdockError) as info:
-        images.rootfs_tarball(log, mirror="deb.debian.org/debian")
+        rootfs.rootfs_tarball(log, mirror="deb.debian.org/debian")
     assert info.value.hint and "http" in info.value.hint
 
 
@@ -219,9 +221,9 @@ def test_rootfs_lock_waits_for_the_other_builder(tmp_path, monkeypatch, log):
     """While another process holds the lock and then produces the tarball,
     rootfs_tarball waits and uses it: no second debootstrap."""
     monkeypatch.setenv("VMDOCK_HOME", str(tmp_path / "home"))
-    target = images.rootfs_path()
+    target = rootfs.rootfs_path()
     target.parent.mkdir(parents=True)
-    lock = target.parent / f"rootfs-bookworm-{images.debian_arch()}.lock"
+    lock = target.parent / f"rootfs-bookworm-{rootfs.debian_arch()}.lock"
     holder = subprocess.Popen(
         ["flock", str(lock), "sh", "-c", f"echo locked; sleep 1.5; echo fake > {target}"],
         stdout=subprocess.PIPE, text=True,
@@ -230,7 +232,7 @@ def test_rootfs_lock_waits_for_the_other_builder(tmp_path, monkeypatch, log):
         assert holder.stdout.readline().strip() == "locked"
         started = time.monotonic()
         # DEAD_MIRROR: were it to run debootstrap, it would fail.
-        assert images.rootfs_tarball(log, mirror=DEAD_MIRROR) == target
+        assert rootfs.rootfs_tarball(log, mirror=DEAD_MIRROR) == target
         assert time.monotonic() - started >= 1.0
     finally:
         holder.wait(10)
@@ -253,9 +255,9 @@ def test_rootfs_ctrl_c_removes_the_half_built_rootfs(tmp_path, whom):
     log_path = tmp_path / "build.log"
     code = textwrap.dedent(
         f"""
-        from vmdock import images
+        from vmdock.hostbuild import rootfs
         from vmdock.runlog import Log
-        images.rootfs_tarball(Log({str(log_path)!r}))
+        rootfs.rootfs_tarball(Log({str(log_path)!r}))
         """
     )
     env = dict(os.environ, VMDOCK_HOME=str(home), PYTHONPATH=str(REPO_ROOT))
@@ -323,18 +325,18 @@ def _processes_in(directory: Path) -> list[int]:
 
 def test_machine_image_builds_once_then_is_cached(log):
     """(a) Built from the cached rootfs; a second call only inspects."""
-    tarball = images.rootfs_tarball(log)
+    tarball = rootfs.rootfs_tarball(log)
     # Another spelling of the default mirror: the same packages, but its own
     # tag, so this test really builds without touching the image other tests
     # (and other vmdock users of this dockerd) use.
     mirror = "http://deb.debian.org:80/debian"
-    if os.environ.get(images.MIRROR_ENV):
-        mirror = os.environ[images.MIRROR_ENV].rstrip("/") + "/./"
-    tag = images.machine_image_tag(tarball, images.apt_mirror(mirror))
+    if os.environ.get("VMDOCK_APT_MIRROR"):
+        mirror = os.environ["VMDOCK_APT_MIRROR"].rstrip("/") + "/./"
+    tag = mi.machine_image_tag(rootfs.apt_mirror(mirror))
     _docker("rmi", tag, check=False)
     try:
         started = time.monotonic()
-        assert images.ensure_machine_image(log, mirror=mirror) == tag
+        assert mi.ensure_machine_image(log, mirror=mirror) == tag
         build_seconds = time.monotonic() - started
         assert len(_commands(log, "docker build")) == 1
         assert len(_commands(log, "docker import")) == 1
@@ -343,7 +345,7 @@ def test_machine_image_builds_once_then_is_cached(log):
 
         before = len(_commands(log, "docker"))
         started = time.monotonic()
-        assert images.ensure_machine_image(log, mirror=mirror) == tag
+        assert mi.ensure_machine_image(log, mirror=mirror) == tag
         cached_seconds = time.monotonic() - started
         assert cached_seconds < 0.5, cached_seconds
         assert len(_commands(log, "docker build")) == 1, "the second call rebuilt"
@@ -352,46 +354,89 @@ def test_machine_image_builds_once_then_is_cached(log):
         inspect = json.loads(_docker("image", "inspect", tag).stdout)[0]
         labels = inspect["Config"]["Labels"]
         assert labels["vmdock.role"] == "machine-image"
-        assert labels["vmdock.rootfs.sha256"] == images.rootfs_meta(tarball)["sha256"]
+        assert labels["vmdock.rootfs.sha256"] == rootfs.rootfs_meta(tarball)["sha256"]
         assert "container=docker" in inspect["Config"]["Env"]
         assert inspect["Config"]["Cmd"] == ["/usr/sbin/sshd", "-D", "-e"]
         assert "22/tcp" in inspect["Config"]["ExposedPorts"]
         # the intermediate import tag is gone
-        leftovers = _docker("image", "ls", images.ROOTFS_IMPORT_REPO, "--format", "{{.Tag}}").stdout
+        leftovers = _docker("image", "ls", mi.ROOTFS_IMPORT_REPO, "--format", "{{.Tag}}").stdout
         assert f"-{os.getpid()}" not in leftovers
         log.event(f"test: machine image build {build_seconds:.1f}s, cached call {cached_seconds:.3f}s")
     finally:
         _docker("rmi", tag, check=False)
 
 
+def test_machine_image_tag_is_pure(log):
+    """The tag is known without building or running anything, and changes
+    with what the image is built from."""
+    tag = mi.machine_image_tag("http://deb.debian.org/debian")
+    assert re.fullmatch(r"vmdock/machine:debian12-[0-9a-f]{12}", tag)
+    assert mi.machine_image_tag("http://deb.debian.org/debian") == tag
+    assert mi.machine_image_tag("http://127.0.0.1:3142/debian") != tag
+    assert mi.machine_image_tag("http://deb.debian.org/debian", "trixie").startswith("vmdock/machine:debian13-")
+    assert not log.path.exists(), "computing the tag ran commands"
+
+
+def test_a_new_home_reuses_the_machine_image(machine_image, tmp_path, monkeypatch, log):
+    """Another vmdock home (and cache, no rootfs in it) gets the image this
+    dockerd has: one `docker image inspect`, no debootstrap, no build."""
+    monkeypatch.setenv("VMDOCK_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("VMDOCK_CACHE", raising=False)
+    started = time.monotonic()
+    assert mi.ensure_machine_image(log) == machine_image
+    assert time.monotonic() - started < 2
+    assert len(_commands(log, "")) == 1 and _commands(log, "docker image inspect")
+    assert not rootfs.rootfs_path().exists()
+
+
+def test_render_builds_nothing(tmp_path):
+    """`vmdock render` in a new home with an empty cache: the Vagrantfile
+    names the image `vmdock up` would use, and nothing was built or run."""
+    env = dict(os.environ, VMDOCK_HOME=str(tmp_path / "home"), VMDOCK_CACHE=str(tmp_path / "cache"),
+               PYTHONPATH=str(REPO_ROOT))
+    env.pop("VMDOCK_APT_MIRROR", None)
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "vmdock", "render", "ch5-ssh", "--provider", "docker"],
+                         env=env, capture_output=True, text=True, timeout=120, check=False)
+    seconds = time.monotonic() - started
+    assert out.returncode == 0, out.stderr
+    vagrantfile = (tmp_path / "home" / "labs" / "ch5-ssh" / "Vagrantfile").read_text()
+    assert f'"{mi.machine_image_tag(rootfs.DEFAULT_MIRROR)}"' in vagrantfile
+    assert "--cap-drop=SYS_RESOURCE" in vagrantfile or "--privileged" in vagrantfile
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+    log_text = "".join(p.read_text() for p in (tmp_path / "home").rglob("*.log"))
+    assert "$ docker" not in log_text and "debootstrap" not in log_text
+    assert seconds < 30, seconds
+
+
 def test_machine_image_build_failure_leaves_nothing_behind(log):
     """apt inside the build cannot reach the mirror: a CommandError that
     names the mirror, and neither the temporary import nor the images of the
     steps that worked stay behind."""
-    tarball = images.rootfs_tarball(log)
+    rootfs.rootfs_tarball(log)  # cached: what fails is apt in the build
     with pytest.raises(CommandError) as info:
-        images.ensure_machine_image(log, mirror=DEAD_MIRROR)
+        mi.ensure_machine_image(log, mirror=DEAD_MIRROR)
     err = info.value
     assert err.step == "machine-image"
     assert "docker build" in (err.command or "")
     assert err.hint and DEAD_MIRROR in err.hint
     assert err.stderr_tail.strip()
-    tag = images.machine_image_tag(tarball, DEAD_MIRROR)
-    assert not images.image_exists(log, tag)
+    tag = mi.machine_image_tag(DEAD_MIRROR)
+    assert not mi.image_exists(log, tag)
     text = log.path.read_text()
     step_ids = set(re.findall(r"^     ---> ([0-9a-f]{12})$", text, re.M))
     assert step_ids, "expected the legacy builder's step images in the log"
     for image_id in step_ids:
         assert _docker("image", "inspect", image_id, check=False).returncode != 0, image_id
-    leftovers = _docker("image", "ls", images.ROOTFS_IMPORT_REPO, "--format", "{{.Tag}}").stdout
+    leftovers = _docker("image", "ls", mi.ROOTFS_IMPORT_REPO, "--format", "{{.Tag}}").stdout
     assert f"-{os.getpid()}" not in leftovers
 
 
 def test_unreachable_dockerd_is_a_provider_error(log, monkeypatch, tmp_path):
-    images.rootfs_tarball(log)
+    rootfs.rootfs_tarball(log)
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
     with pytest.raises(ProviderError) as info:
-        images.ensure_machine_image(log)
+        mi.ensure_machine_image(log)
     assert "dockerd is not reachable" in str(info.value)
     assert info.value.hint and "start" in info.value.hint
 
@@ -426,7 +471,7 @@ def test_machine_image_contents(machine_image):
 def test_machine_accepts_vagrant_over_ssh(machine_image, module_log):
     """(b) SSH as vagrant with the insecure key, passwordless sudo, no passwords."""
     keys = _private_keys()
-    machine = Machine(machine_image, images.machine_create_args(module_log), "ssh")
+    machine = Machine(machine_image, mi.machine_create_args(module_log), "ssh")
     other = None
     try:
         for key in keys:
@@ -445,7 +490,7 @@ def test_machine_accepts_vagrant_over_ssh(machine_image, module_log):
         with pytest.raises(paramiko.AuthenticationException):
             machine.connect(user="root", pkey=keys[0], timeout=5)
         # host keys are made per machine (like a cloud VM's first boot)
-        other = Machine(machine_image, images.machine_create_args(module_log), "ssh2")
+        other = Machine(machine_image, mi.machine_create_args(module_log), "ssh2")
         client = other.connect(pkey=keys[0])
         try:
             assert client.get_transport().get_remote_server_key().get_base64() != host_key
@@ -460,17 +505,17 @@ def test_machine_accepts_vagrant_over_ssh(machine_image, module_log):
 
 def test_privileged_probe_is_cached(tmp_path, monkeypatch, machine_image, log):
     monkeypatch.setenv("VMDOCK_HOME", str(tmp_path / "home"))
-    allowed = images.host_allows_privileged(log, image=machine_image)
+    allowed = mi.host_allows_privileged(log, image=machine_image)
     assert isinstance(allowed, bool)
     assert _commands(log, "--privileged")
     facts = json.loads((paths.cache_dir() / "host-facts.json").read_text())
     assert list(facts["privileged"].values())[0]["allowed"] is allowed
     before = len(_commands(log, "docker"))
     started = time.monotonic()
-    args = images.machine_create_args(log)
+    args = mi.machine_create_args(log)
     assert time.monotonic() - started < 0.1
     assert len(_commands(log, "docker")) == before, "the answer was not cached"
-    expected = images.PRIVILEGED_CREATE_ARGS if allowed else images.MACHINE_CREATE_ARGS
+    expected = mi.PRIVILEGED_CREATE_ARGS if allowed else mi.MACHINE_CREATE_ARGS
     assert args == expected
     if not allowed:
         assert "--cap-drop=SYS_RESOURCE" in args and "--privileged" not in args
@@ -483,8 +528,8 @@ def test_docker_in_docker(machine_image, module_log):
     runs with machine_create_args(), and the rootfs tarball uploaded over
     SFTP becomes a base image there that runs containers."""
     key = _private_keys()[0]
-    tarball = images.rootfs_tarball(module_log)
-    machine = Machine(machine_image, images.machine_create_args(module_log), "dind")
+    tarball = rootfs.rootfs_tarball(module_log)
+    machine = Machine(machine_image, mi.machine_create_args(module_log), "dind")
     try:
         client = machine.connect(pkey=key)
         try:
@@ -529,17 +574,17 @@ def test_remove_machine_images(module_log):
     """Removes every vmdock machine image on this dockerd (later tests rebuild it in seconds)."""
     others = _docker("ps", "-aq", "--filter", "label=vmdock.lab").stdout.split()
     assert not others, "lab machines are running on this dockerd: destroy them first (`vmdock status`)"
-    tag = images.ensure_machine_image(module_log)
+    tag = mi.ensure_machine_image(module_log)
     busy = f"{PREFIX}rmi-{os.getpid()}"
     try:
         _docker("run", "-d", "--name", busy, "--entrypoint", "sleep", tag, "600")
         with pytest.raises(CommandError) as info:
-            images.remove_machine_images(module_log)
+            mi.remove_machine_images(module_log)
         assert tag in str(info.value) and info.value.hint
-        assert images.image_exists(module_log, tag)
+        assert mi.image_exists(module_log, tag)
     finally:
         _remove_containers([busy])
-    removed = images.remove_machine_images(module_log)
+    removed = mi.remove_machine_images(module_log)
     assert tag in removed
-    assert not images.image_exists(module_log, tag)
-    assert images.remove_machine_images(module_log) == []
+    assert not mi.image_exists(module_log, tag)
+    assert mi.remove_machine_images(module_log) == []

@@ -431,6 +431,13 @@ def test_install_docker(machine, tmp_path):
     assert "already installed" in again.stdout
     assert again.elapsed < 5
 
+    # the login user (who ran it with sudo) joins group docker, also when Docker was there already
+    machine.sh("id reader >/dev/null 2>&1 || useradd -m reader")
+    joined = machine.script("install-docker.sh", env={"SUDO_USER": "reader"})
+    assert "added reader to group docker" in joined.stdout
+    assert "docker" in machine.sh("id -nG reader").stdout.split()
+    assert "added" not in machine.script("install-docker.sh", env={"SUDO_USER": "reader"}).stdout  # once
+
 
 @pytest.mark.e2e
 def test_start_docker_outlives_the_session(machine):

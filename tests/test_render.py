@@ -421,6 +421,8 @@ def test_the_port_offset_moves_the_host_ports_only(tmp_path, alpha):
 @pytest.mark.parametrize("provider", ["virtualbox", "libvirt"])
 def test_vm_render_of_fixture_lab(tmp_path, alpha, provider, monkeypatch):
     monkeypatch.delenv("VMDOCK_BOX_URL_DEBIAN12", raising=False)
+    # a Vagrant with no boxes: the catalog's name, whatever this host has registered
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path / "vagrant-home"))
     text = render.render(alpha, render.RenderOptions(provider, {"domain_type": "qemu"}), seat_of(alpha))
     rec = run_vagrantfile(tmp_path, text)
     box = render.boxes_catalog()["debian12"][provider]
@@ -444,27 +446,33 @@ def test_vm_render_of_fixture_lab(tmp_path, alpha, provider, monkeypatch):
 
 
 @needs_ruby
-def test_hostile_host_ip_through_the_loader(tmp_path):
-    """host_ip is a free string in the schema: each hostile value reaches Ruby unchanged."""
+def test_hostile_strings_through_the_loader(tmp_path):
+    """What the schema lets through reaches Ruby unchanged; a hostile host_ip is refused at load."""
+    printable = [s for s in HOSTILE if all(c in "\t\n\r" or (c.isprintable() and c != "\u202e") for c in s)]
+    addresses = ["127.0.0.1", "0.0.0.0", "::1", "192.168.56.1"]
     data = {
         "name": "ch91-hostile",
         "chapter": 91,
         "title": HOSTILE[0] + HOSTILE[1] + "中文",
-        "description": "\n".join(HOSTILE),
+        "description": "\n".join(printable),
         "machines": [
             {
                 "name": "web",
-                "forwarded_ports": [{"guest": 80, "host": 8000 + i, "host_ip": s} for i, s in enumerate(HOSTILE)],
+                "forwarded_ports": [{"guest": 80 + i, "host": 8000 + i, "host_ip": s} for i, s in enumerate(addresses)],
             }
         ],
     }
     lab = make_lab_folder(tmp_path / "labs" / "ch91-hostile", data)
-    assert [p.host_ip for p in lab.lab.machines[0].forwarded_ports] == HOSTILE  # YAML kept them too
+    assert lab.lab.description == "\n".join(printable)  # YAML kept them too
     for provider, opts in (("docker", docker_opts()), ("virtualbox", render.RenderOptions("virtualbox"))):
         rec = run_vagrantfile(tmp_path / provider, render.render(lab, opts, seat_of(lab)))
         forwards = [kw for args, kw in rec.node_calls("web", "network") if args == ["forwarded_port"]]
-        assert [kw["host_ip"] for kw in forwards] == HOSTILE, provider
-        assert [kw["host"] for kw in forwards] == [8000 + i for i in range(len(HOSTILE))]
+        assert [kw["host_ip"] for kw in forwards] == addresses, provider
+        assert [kw["host"] for kw in forwards] == [8000 + i for i in range(len(addresses))]
+    for s in HOSTILE:
+        data["machines"][0]["forwarded_ports"] = [{"guest": 80, "host": 8000, "host_ip": s}]
+        with pytest.raises(LabError, match=r"machines\[0\]\.forwarded_ports\[0\]\.host_ip: "):
+            make_lab_folder(tmp_path / "labs" / "ch91-hostile", data)
 
 
 @needs_ruby
@@ -638,8 +646,11 @@ def test_machine_ips_skip_the_gateway_and_refuse_too_many_machines(tmp_path):
     hosts = [str(h) for h in SEAT_SUBNET.hosts()]
     assert list(ips.values()) == hosts[1:14]
     assert hosts[0] not in ips.values()
-    with pytest.raises(LabError, match="lab.yaml: machines: at most 13 machines"):
-        render.machine_ips(lab_with(14), SEAT_SUBNET)
+    # the schema refuses a 14th machine; render does not rely on that
+    machines = [Machine.model_construct(name=f"m{i}x") for i in range(14)]
+    with pytest.raises(LabError, match="machines: at most 13 machines"):
+        render.machine_ips(loaded(Lab.model_construct(name="ch9-x", chapter=9, title="t", machines=machines), tmp_path),
+                           SEAT_SUBNET)
 
 
 def test_default_hostname_is_cut_to_63_characters(tmp_path):

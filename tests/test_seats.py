@@ -171,15 +171,6 @@ def test_the_offset_moves_every_port_as_a_block():
         seats.effective_ports(ms, 57475, where="labs/x/lab.yaml")
 
 
-def test_port_offset_parsing():
-    assert seats.parse_port_offset(None, "VMDOCK_PORT_OFFSET") is None
-    assert seats.parse_port_offset("", "VMDOCK_PORT_OFFSET") is None
-    assert seats.parse_port_offset("200", "VMDOCK_PORT_OFFSET") == 200
-    assert seats.parse_port_offset(-10, "--port-offset") == -10
-    with pytest.raises(Exception, match="VMDOCK_PORT_OFFSET: 'ten' is not a whole number"):
-        seats.parse_port_offset("ten", "VMDOCK_PORT_OFFSET")
-
-
 def test_port_free_sees_a_real_listener():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,14 +13,16 @@ import subprocess
 import threading
 import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from vmdock import verify
-from vmdock.errors import CommandError
+from vmdock.errors import CommandError, UnreachableError
 from vmdock.model import CommandCheck, ContainerCheck, HttpCheck, Lab, PortCheck
-from vmdock.verify import CheckResult, junit_xml, run_check, run_checks
+from vmdock.runlog import Log
+from vmdock.verify import CheckResult, errored, junit_xml, run_check, run_checks
 
 MARK = verify._HTTP_MARK
 
@@ -312,9 +314,14 @@ def test_container_missing_for_real():
 # -- run_check / run_checks with a fake transport -----------------------------------------------
 
 class FakeTransport:
-    def __init__(self, answers):
+    def __init__(self, answers, reachable: bool = True):
         self.answers = list(answers)
         self.calls = []
+        self.reachable = reachable
+
+    def connect(self, wait):
+        if not self.reachable:
+            raise UnreachableError("cannot reach the machine over SSH (vagrant@127.0.0.1:2222): refused")
 
     def run_script(self, script, **kw):
         self.calls.append((script, kw))
@@ -324,10 +331,11 @@ class FakeTransport:
         return SimpleNamespace(exit_code=a[0], stdout=a[1], stderr=a[2], seconds=0.0)
 
 
-def fake_ctx(checks) -> SimpleNamespace:
+def fake_ctx(checks, log: Log | None = None) -> SimpleNamespace:
     lab = Lab.model_validate({"name": "ch91-alpha", "chapter": 91, "title": "t",
                               "machines": [{"name": "web"}, {"name": "db"}], "checks": checks})
-    return SimpleNamespace(lab=lab, step_env=lambda machine: {"VMDOCK_MACHINE": machine})
+    return SimpleNamespace(lab=lab, step_env=lambda machine: {"VMDOCK_MACHINE": machine},
+                           log=log or Log(Path("/nonexistent/vmdock.log")))
 
 
 @pytest.fixture
@@ -360,6 +368,40 @@ def test_a_lost_connection_fails_the_check_not_the_run(no_sleep):
     ctx = fake_ctx([{"name": "c", "type": "port", "port": 80}])
     r = run_check(ctx, ctx.lab.checks[0], FakeTransport([CommandError("ssh: connection lost", machine="web")]))
     assert not r.passed and r.expected == "an answer" and r.seen == "ssh: connection lost"
+
+
+def test_an_unreachable_machine_is_an_error_not_a_failure(no_sleep):
+    ctx = fake_ctx([{"name": "c", "type": "port", "port": 80, "retries": 5}])
+    r = run_check(ctx, ctx.lab.checks[0], FakeTransport([UnreachableError("SSH connection failed: reset")]))
+    assert r.status == "error" and r.error == "SSH connection failed: reset" and no_sleep == []
+
+
+def test_run_checks_on_an_unreachable_machine_reports_each_check_as_an_error(no_sleep):
+    ctx = fake_ctx([
+        {"name": "a", "type": "command", "run": "a"},
+        {"name": "b", "type": "command", "run": "b", "on": "db"},
+        {"name": "c", "type": "command", "run": "c"},
+    ])
+    web, db = FakeTransport([], reachable=False), FakeTransport([(0, "", "")])
+    results = run_checks(ctx, {"web": web, "db": db})
+    assert [(r.name, r.status) for r in results] == [("a", "error"), ("b", "passed"), ("c", "error")]
+    assert results[0].error.startswith("cannot reach the machine over SSH") and web.calls == []
+
+
+def test_check_output_with_a_secret_is_masked(no_sleep, tmp_path):
+    log = Log(tmp_path / "vmdock.log")
+    log.add_secrets(["s3cr3t-value"])
+    ctx = fake_ctx([{"name": "c", "type": "command", "run": "x", "contains": "nope"}], log)
+    r = run_check(ctx, ctx.lab.checks[0], FakeTransport([(0, "token=s3cr3t-value", "")]))
+    assert not r.passed and "s3cr3t-value" not in r.seen and "token=***" in r.seen
+
+
+def test_errored_names_every_check_with_the_reason():
+    ctx = fake_ctx([{"name": "a", "type": "command", "run": "a"}, {"name": "b", "type": "port", "port": 1, "on": "db"}])
+    results = errored(ctx.lab, "the lab is not up")
+    assert [(r.name, r.machine, r.status, r.error) for r in results] == [
+        ("a", "web", "error", "the lab is not up"), ("b", "db", "error", "the lab is not up")]
+    assert [r.name for r in errored(ctx.lab, "x", only=["b"])] == ["b"]
 
 
 def test_run_checks_only_and_machines(no_sleep):
@@ -405,6 +447,15 @@ def test_junit_xml_parses_and_counts_failures():
     assert "x & y" in cases[2].find("failure").text
 
 
+def test_junit_xml_errors_are_error_elements_and_counted():
+    results = _results() + errored(Lab.model_validate({"name": "xx", "chapter": 1, "title": "t", "machines": [{"name": "web"}],
+                                                        "checks": [{"name": "e", "type": "port", "port": 1}]}), "not up")
+    suite = ET.fromstring(junit_xml("ch91-alpha", results)).find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("4", "2", "1")
+    case = suite.findall("testcase")[3]
+    assert case.find("failure") is None and case.find("error").get("message") == "not up"
+
+
 def test_junit_xml_message_is_capped_and_empty_runs_are_valid():
     long = CheckResult("c", "command", "web", False, 0.0, "exit 0", "y" * 5000)
     fail = ET.fromstring(junit_xml("x", [long])).find("testsuite/testcase/failure")
@@ -416,4 +467,5 @@ def test_junit_xml_message_is_capped_and_empty_runs_are_valid():
 def test_check_result_to_dict():
     d = _results()[1].to_dict()
     assert d == {"name": 'db <port> & "quotes"', "type": "port", "machine": "db", "passed": False, "seconds": 1.25,
-                 "expected": "127.0.0.1:3306 open", "seen": "127.0.0.1:3306 closed", "attempts": 3}
+                 "expected": "127.0.0.1:3306 open", "seen": "127.0.0.1:3306 closed", "attempts": 3,
+                 "error": None, "status": "failed"}

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from . import __version__, images, needs, paths
+from . import __version__, needs, paths
+from .hostbuild import fsutil, rootfs
+from .providers.libvirt import vagrant_plugin_installed
 from .bundle_manifest import (
     CHUNK,
     DEFAULT_LEVEL,
@@ -44,11 +46,10 @@ from .bundle_sources import Plan, Source, lab_fingerprint, plan
 from .errors import BundleError, CommandError, LabError, tail
 from .events import Events
 from .loader import LoadedLab, resolve
-from .providers.libvirt import vagrant_plugin_installed
 from .runlog import Log, quote, run
 from .settings import Settings
 
-#: The label ``images.ensure_machine_image`` gives the machine image: the apt mirror it was built with.
+#: The label ``hostbuild.machine_image.ensure_machine_image`` gives the machine image: the apt mirror it was built with.
 MIRROR_LABEL = "vmdock.mirror"
 
 
@@ -159,7 +160,7 @@ def import_bundle(path: Path, events: Events, log: Log) -> list[Outcome]:
         reader.verify(manifest, on_member=lambda m: events.line("bundle", f"checking {m.path}"))
         events.task_done("checking every member's checksum", time.monotonic() - start)
         cache = paths.cache_dir()
-        with images._file_lock(cache / "bundle-import.lock", "a bundle import", log):
+        with fsutil.file_lock(cache / "bundle-import.lock", "a bundle import", log):
             staging = Path(tempfile.mkdtemp(prefix=".bundle-import.", dir=cache))
             loaded: list[str] = []
             try:
@@ -275,14 +276,14 @@ def _rollback(refs: list[str], log: Log) -> None:
 
 def _mirror_note(m: Member, log: Log) -> str:
     """The machine image is used only with the apt mirror it was built with (its tag covers it)."""
-    here = images.apt_mirror()
+    here = rootfs.apt_mirror()
     for r in m.images:
         fmt = f'{{{{index .Config.Labels "{MIRROR_LABEL}"}}}}'
         result = run(["docker", "image", "inspect", "--format", fmt, r.ref], log, check=False, timeout=60)
         built = result.stdout.strip() if result.returncode == 0 else ""
         if built and built != "<no value>" and built != here:
             return (f"{r.ref} was built with apt mirror {built}; vmdock uses it only with "
-                    f"{images.MIRROR_ENV}={built} (here: {here}), else it builds the machine image anew")
+                    f"{rootfs.MIRROR_ENV}={built} (here: {here}), else it builds the machine image anew")
     return ""
 
 

@@ -19,10 +19,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import images, needs, paths
+from . import needs, paths
+from .hostbuild import machine_image, rootfs
+from .providers.docker import docker_daemon
 from .bundle_manifest import Compression, ImageRef, Kind, LabEntry
 from .loader import LoadedLab
-from .providers.docker import docker_daemon
 from .runlog import Log, run
 from .settings import Settings
 from .state import hash_paths
@@ -99,7 +100,7 @@ def _needs_sources(loaded: LoadedLab, entry: LabEntry, index: dict[str, Path], d
             gz = tarball.name.endswith((".gz", ".tgz"))
             out.append(Source("image-tarball", tarball.name, "none" if gz else "zstd", path=tarball,
                               refs=[ImageRef(ref=ref)]))
-        elif docker_ok and images.image_exists(log, ref):
+        elif docker_ok and machine_image.image_exists(log, ref):
             out.append(Source("image-tarball", _tarball_name(ref), "zstd", refs=[ImageRef(ref=ref)]))
         else:
             entry.notes.append(f"needs image {ref}: not in the images folder nor in this host's dockerd; "
@@ -109,16 +110,15 @@ def _needs_sources(loaded: LoadedLab, entry: LabEntry, index: dict[str, Path], d
 
 def _machine_images(log: Log, settings: Settings, notes: list[str]) -> list[ImageRef]:
     """The machine image `vmdock up` would use here (its tag covers the rootfs and the mirror), else every one."""
-    found = _docker_images(log, f"label={images.ROLE_LABEL}")
+    found = _docker_images(log, f"label={machine_image.ROLE_LABEL}")
     if not found:
         notes.append("no docker-provider machine image here (`vmdock box build --provider docker` makes it)")
         return []
-    rootfs = images.rootfs_path()
-    current = images.machine_image_tag(rootfs, images.apt_mirror(settings.apt_mirror)) if rootfs.is_file() else None
+    current = machine_image.machine_image_tag(rootfs.apt_mirror(settings.apt_mirror))
     chosen = [r for r in found if r.ref == current]
     if not chosen:
-        notes.append(f"none of the {len(found)} machine images here is the one this vmdock builds from "
-                     f"{rootfs.name} (tag {current or '?'}): all are bundled")
+        notes.append(f"none of the {len(found)} machine images here is the one this vmdock builds "
+                     f"(tag {current}): all are bundled")
         return found
     if len(found) > len(chosen):
         notes.append(f"left out {len(found) - len(chosen)} other machine images "
@@ -157,7 +157,7 @@ def plan(labs: list[LoadedLab], settings: Settings, log: Log) -> Plan:
         sources.insert(0, Source("docker-images", "docker-images.tar", "zstd", refs=unique_refs))
     cache = paths.cache_dir()
     for p in sorted(cache.glob("rootfs-*.tar.gz")):
-        sources.append(Source("rootfs", p.name, "none", path=p, meta=images.rootfs_meta(p)))
+        sources.append(Source("rootfs", p.name, "none", path=p, meta=rootfs.rootfs_meta(p)))
     if not any(s.kind == "rootfs" for s in sources):
         notes.append(f"no rootfs tarball in {cache}: machines build the labs' base image from the apt mirror")
     for p in sorted((cache / "boxes").glob("*.box")):

@@ -1,14 +1,15 @@
 """`vmdock doctor`: what this host can do, and why not."""
 from __future__ import annotations
 
+import grp
 import os
 import shutil
 import subprocess
 
-from . import paths, providers
+from . import paths, providers, settings
+from .hostbuild.hostfacts import kvm_probe
 from .providers.base import unix_socket_answers
 from .providers.docker import docker_daemon
-from .providers.kvm import kvm_probe
 from .providers.virtualbox import kvm_holds_vtx
 
 
@@ -18,23 +19,27 @@ def _row(name: str, status: str, detail: str) -> dict:
 
 def _kvm() -> dict:
     dev = "/dev/kvm"
-    forced = os.environ.get("VMDOCK_LIBVIRT_DRIVER")
+    forced = settings.current().libvirt_driver
     note = f"; VMDOCK_LIBVIRT_DRIVER={forced} is set" if forced else ""
     if not os.path.exists(dev):
         return _row("KVM", "warn", f"no /dev/kvm: libvirt VMs run with TCG (software emulation, slow){note}")
     st = os.stat(dev)
-    mode = oct(st.st_mode & 0o777)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    present = f"{dev} present, mode {st.st_mode & 0o777:04o}, group {group}"
     if not os.access(dev, os.R_OK | os.W_OK):
-        return _row("KVM", "warn", f"{dev} ({mode}) is not readable and writable by this user: add it to group kvm "
+        return _row("KVM", "warn", f"{present}: not readable and writable by this user: add it to group kvm "
                     f"(libvirt VMs fall back to TCG){note}")
     hint = ""
     if st.st_mode & 0o060 == 0:
-        hint = f"; {dev} is {mode}: libvirt re-probes qemu on every lookup — `chgrp kvm {dev}; chmod 0660 {dev}` (host-setup.sh --libvirt does)"
+        hint = f"; with no group access libvirt re-probes qemu on every lookup — `chgrp kvm {dev}; chmod 0660 {dev}` (host-setup.sh --libvirt does)"
     usable, why = kvm_probe()
     if not usable:
-        return _row("KVM", "warn", f"{dev} present ({mode}) but KVM is unusable: {why}; libvirt machines use the qemu driver "
+        return _row("KVM", "warn", f"{present}: KVM is unusable: {why}; libvirt machines use the qemu driver "
                     f"(TCG, slow){hint}{note}")
-    return _row("KVM", "warn" if hint else "ok", f"{dev} present ({mode}), usable: {why}{hint}{note}")
+    return _row("KVM", "warn" if hint else "ok", f"{present}; usable: {why}{hint}{note}")
 
 
 def _libvirt() -> list[dict]:
@@ -56,7 +61,7 @@ def _libvirt() -> list[dict]:
                              "running" if active else f"missing or inactive (vagrant-libvirt keeps disks there): {fix}"))
         except (OSError, subprocess.TimeoutExpired) as exc:
             rows.append(_row("libvirt pool default", "warn", f"virsh pool-info failed: {exc}"))
-    from . import boxes
+    from .hostbuild import boxes
 
     try:
         e = boxes.entry("debian12")
@@ -122,7 +127,7 @@ def run_doctor() -> list[dict]:
         rows.append(_row(tool, "ok" if path else "warn", path or f"not found ({why})"))
     rows += _free()
     try:
-        _, why = providers.choose(os.environ.get("VMDOCK_PROVIDER") or None, "VMDOCK_PROVIDER")
+        _, why = providers.choose(settings.current().provider, "VMDOCK_PROVIDER")
         rows.append(_row("provider chosen", "ok", why))
     except Exception as exc:  # reported, not raised: doctor explains
         rows.append(_row("provider chosen", "fail", str(exc)))

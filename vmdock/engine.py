@@ -332,13 +332,13 @@ class Engine:
                 t.close()
 
     def _context(self, home: LabHome, state: LabState) -> Context:
-        from . import images
+        from .hostbuild import rootfs
         from .provision import Context
         from .render import machine_ips
 
         if not state.network:
             raise StateError("the lab has no network yet", lab=home.name, hint=f"`vmdock up {home.name}`")
-        cache = images.rootfs_path()
+        cache = rootfs.rootfs_path()
         return Context(
             loaded=home.loaded,
             state=state,

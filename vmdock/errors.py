@@ -4,12 +4,22 @@ Every error carries what a user needs to act on it: which lab, which machine,
 which step, the command that failed, its exit code, the tail of its stderr and
 the log file with the whole story.  Only ``vmdock.cli`` turns them into
 messages and exit codes.
+
+Exit statuses (the table in README.md), one per kind of outcome so that a CI
+job can tell a broken lab from a broken host:
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
+
+EXIT_OK = 0  # every check passed (or the command did what it was asked)
+EXIT_CHECK_FAILED = 1  # a check ran and failed
+EXIT_BAD_INPUT = 2  # a lab file, a name, an option or a setting is wrong, or the command does not fit the lab's state
+EXIT_INFRASTRUCTURE = 3  # Vagrant, SSH, Docker or the machines failed, or another vmdock holds the lab
+EXIT_MISSING = 4  # the lab needs images (or other things from outside) that cannot be had
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
 
 @dataclass
@@ -24,7 +34,7 @@ class VmdockError(Exception):
     log: Path | None = None
     hint: str | None = None
 
-    exit_status: ClassVar[int] = 1
+    exit_status: ClassVar[int] = EXIT_INFRASTRUCTURE
 
     def __post_init__(self) -> None:
         super().__init__(self.message)
@@ -59,7 +69,7 @@ class VmdockError(Exception):
 class LabError(VmdockError):
     """A lab file is invalid or a lab name cannot be resolved."""
 
-    exit_status = 2
+    exit_status = EXIT_BAD_INPUT
 
     def __str__(self) -> str:  # the message names the file already
         return self.message
@@ -68,7 +78,7 @@ class LabError(VmdockError):
 class ConfigError(VmdockError):
     """A setting (environment variable, option) is invalid."""
 
-    exit_status = 2
+    exit_status = EXIT_BAD_INPUT
 
 
 class CommandError(VmdockError):
@@ -80,23 +90,29 @@ class ProviderError(VmdockError):
 
 
 class BusyError(VmdockError):
-    """Another vmdock process holds the lab."""
+    """Another vmdock process holds the lab (a passing condition, like a host problem: try again later)."""
 
-    exit_status = 3
+    exit_status = EXIT_INFRASTRUCTURE
 
 
 class ProvisionError(VmdockError):
     """A provisioning step failed inside a machine."""
 
 
+class UnreachableError(ProvisionError):
+    """A machine cannot be reached over SSH, or the connection was lost."""
+
+
 class StateError(VmdockError):
-    """The lab is not in a state that allows the command."""
+    """The lab is not in a state that allows the command (not up, no such machine or check)."""
+
+    exit_status = EXIT_BAD_INPUT
 
 
 class MissingError(VmdockError):
     """A lab needs something from outside (images, a registry) that cannot be had."""
 
-    exit_status = 4
+    exit_status = EXIT_MISSING
 
 
 class BundleError(VmdockError):

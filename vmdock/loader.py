@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
 
-from . import paths
+from . import labyaml, paths, settings
 from .errors import LabError
-from .model import Lab, cross_ref_errors
+from .model import MAX_MACHINES, Lab, cross_ref_errors
 
 LAB_FILE = "lab.yaml"
 _CHECK_TAGS = {"command", "http", "port", "container"}
@@ -45,42 +46,8 @@ class Problem:
     error: LabError
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML loader that refuses duplicate keys instead of keeping the last."""
-
-
-def _construct_mapping(loader, node, deep=False):
-    seen = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen[key] = True
-    return loader.construct_mapping(node, deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-# YAML 1.1 reads `on`, `off`, `yes`, `no` as booleans, so the key `on:` of steps
-# and checks became True.  Booleans are only true/false here (as in YAML 1.2);
-# pydantic still accepts yes/no/on/off as strings for boolean fields.
-_UniqueKeyLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_UniqueKeyLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-class _FastUniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """The same rules over libyaml's parser (10x quicker: `vmdock list` reads every lab)."""
-
-
-_FastUniqueKeyLoader.yaml_constructors = _UniqueKeyLoader.yaml_constructors
-_FastUniqueKeyLoader.yaml_implicit_resolvers = _UniqueKeyLoader.yaml_implicit_resolvers
+MAX_FILE_BYTES = 1 << 20  # a lab.yaml is read whole: checked before reading
+MAX_ERRORS = 50  # error lines shown for one file
 
 
 def format_loc(loc: tuple) -> str:
@@ -91,12 +58,23 @@ def format_loc(loc: tuple) -> str:
             out += f"[{part}]"
         elif isinstance(prev, int) and part in _CHECK_TAGS and out.startswith("checks"):
             pass  # pydantic names the union member; the user wrote `type:` already
-        elif isinstance(part, str) and ("[" in part or part.startswith("function-")):
+        elif isinstance(part, str) and _UNION_MEMBER.match(part):
             pass  # pydantic's name of a union member (`list[constrained-str]`, `literal['all']`)
         else:
-            out += ("." if out else "") + str(part)
+            out += ("." if out else "") + _key(part)
         prev = part
     return out or "(top level)"
+
+
+def _key(part) -> str:
+    """A key as written, or quoted and cut when it is not a plain name (an unknown key may be anything)."""
+    text = str(part)
+    if labyaml.PLAIN_KEY.match(text):
+        return text
+    return repr(text[:60] + "…" if len(text) > 60 else text)
+
+
+_UNION_MEMBER = re.compile(r"^(?:list\[|literal\[|dict\[|function-)")  # pydantic's names of a union's members
 
 
 def _messages(exc: ValidationError) -> list[str]:
@@ -107,8 +85,7 @@ def _messages(exc: ValidationError) -> list[str]:
     for err in exc.errors(include_url=False):
         msg = err["msg"]
         loc = format_loc(tuple(err["loc"]))
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+        msg = msg.removeprefix("Value error, ")
         if err["type"] == "value_error" and not err["loc"]:
             lines.extend(msg.splitlines())  # cross-reference errors carry their own paths
             continue
@@ -118,13 +95,17 @@ def _messages(exc: ValidationError) -> list[str]:
             msg = f"type must be one of {', '.join(sorted(_CHECK_TAGS))}"
         elif err["type"] == "union_tag_not_found":
             msg = f"missing `type` (one of {', '.join(sorted(_CHECK_TAGS))})"
+        elif err["type"] == "too_long" and err.get("ctx"):
+            msg = f"at most {err['ctx']['max_length']} items, not {err['ctx']['actual_length']}"
+            if loc == "machines":
+                msg = f"at most {MAX_MACHINES} machines fit a lab's network, not {err['ctx']['actual_length']}"
         if err["type"] == "literal_error":
             literal_locs.add(loc)
         if msg not in by_loc.setdefault(loc, []):
             by_loc[loc].append(msg)
     for loc, msgs in by_loc.items():
         # `on: [Bad]` fails both `list` (at on[0]) and `'all'` (at on): the deeper error is the useful one
-        if loc in literal_locs and any(other.startswith(loc + "[") or other.startswith(loc + ".") for other in by_loc):
+        if loc in literal_locs and any(other.startswith((loc + "[", loc + ".")) for other in by_loc):
             msgs = [m for m in msgs if not m.startswith("Input should be ")] or msgs[:0]
             if not msgs:
                 continue
@@ -134,11 +115,11 @@ def _messages(exc: ValidationError) -> list[str]:
 
 def _file_errors(raw: dict, folder: Path) -> list[str]:
     """Files named by steps must exist inside the lab folder."""
-    errors = []
+    errors: list[str] = []
     steps = raw.get("steps") if isinstance(raw, dict) else None
     if not isinstance(steps, list):
         return errors
-    root = folder.resolve()
+    root = Path(os.path.realpath(folder))
     for i, step in enumerate(steps):
         files = step.get("files") if isinstance(step, dict) else None
         if not isinstance(files, list):
@@ -146,7 +127,7 @@ def _file_errors(raw: dict, folder: Path) -> list[str]:
         for j, rel in enumerate(files):
             if not isinstance(rel, str) or not rel:
                 continue
-            target = (folder / rel).resolve()
+            target = Path(os.path.realpath(folder / rel))  # never raises, even on a symlink loop
             if target != root and root not in target.parents:
                 errors.append(f"steps[{i}].files[{j}]: {rel!r} lies outside the lab folder")
             elif not target.exists():
@@ -155,26 +136,11 @@ def _file_errors(raw: dict, folder: Path) -> list[str]:
 
 
 def load_lab(folder: Path) -> LoadedLab:
-    """Load one lab folder; raise LabError listing every problem of the file."""
+    """Load one lab folder; raise LabError listing the problems of the file."""
     folder = Path(folder)
     file = folder / LAB_FILE
     shown = _display(file)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LabError(f"{shown}: no such file", lab=folder.name) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LabError(f"{shown}: cannot read: {exc}", lab=folder.name) from None
-    try:
-        try:
-            raw = yaml.load(text, Loader=_FastUniqueKeyLoader)
-        except yaml.YAMLError:  # the pure-Python parser words its errors better
-            raw = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise LabError(f"{shown}{where}: invalid YAML: {problem}", lab=folder.name) from None
+    raw = _parse(_read(folder, shown), shown, folder.name)
     if not isinstance(raw, dict):
         raise LabError(f"{shown}: (top level): must be a mapping of lab fields", lab=folder.name)
 
@@ -188,25 +154,84 @@ def load_lab(folder: Path) -> LoadedLab:
     if lab is not None and lab.name != folder.name:
         errors.insert(0, f"name: {lab.name!r} must equal the folder name {folder.name!r}")
     if errors:
-        raise LabError(
-            "\n".join(f"{shown}: {e}" for e in errors),
-            lab=folder.name,
-        )
+        if len(errors) > MAX_ERRORS:
+            errors = errors[:MAX_ERRORS] + [f"and {len(errors) - MAX_ERRORS} more errors"]
+        raise LabError("\n".join(f"{shown}: {e}" for e in errors), lab=folder.name)
+    assert lab is not None  # no errors: validated
     return LoadedLab(lab=lab, folder=folder.resolve())
 
 
-def _display(file: Path) -> str:
+def _read(folder: Path, shown: str) -> str:
+    """The text of a lab.yaml: a regular file inside its folder, at most MAX_FILE_BYTES of UTF-8."""
+    def refuse(why: str) -> LabError:
+        return LabError(f"{shown}: {why}", lab=folder.name)
+
+    real = os.path.realpath(folder / LAB_FILE)
+    root = os.path.realpath(folder)
+    if os.path.commonpath([real, root]) != root:
+        raise refuse("is a link to a file outside the lab folder")
     try:
-        return str(file.resolve().relative_to(Path.cwd()))
+        # non-blocking: opening a FIFO must not wait for a writer
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise refuse("no such file") from None
+    except OSError as exc:
+        raise refuse(f"cannot read: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise refuse("is a directory, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise refuse("is not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise refuse(f"{info.st_size / 2**20:.1f} MiB is too large (at most {MAX_FILE_BYTES // 2**20} MiB)")
+        data = b""
+        while len(data) <= MAX_FILE_BYTES and (chunk := os.read(fd, MAX_FILE_BYTES + 1 - len(data))):
+            data += chunk
+    except OSError as exc:
+        raise refuse(f"cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise refuse(f"is too large (at most {MAX_FILE_BYTES // 2**20} MiB)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        where = f"{shown}:{line}:{column}"
+        raise LabError(f"{where}: not UTF-8 text (byte 0x{data[exc.start]:02x})", lab=folder.name) from None
+
+
+def _parse(text: str, shown: str, lab: str):
+    try:
+        return labyaml.load(text)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow in a file
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        problem = f"character {chr(exc.character)!r} is not allowed"
+        raise LabError(f"{shown}:{line}:{column}: invalid YAML: {problem}", lab=lab) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        what = "" if isinstance(exc, labyaml.LimitError) else "invalid YAML: "
+        raise LabError(f"{shown}{where}: {what}{problem}", lab=lab) from None
+
+
+def _display(file: Path) -> str:
+    """The file as the user knows it: relative to the current folder when inside it, never a link's target."""
+    folder = Path(os.path.realpath(file.parent))
+    try:
+        return str((folder / file.name).relative_to(Path.cwd()))
     except ValueError:
-        return str(file)
+        return str(folder / file.name)
 
 
 def search_path(labs_dirs: list[Path] | None = None) -> list[Path]:
     """Lab folders to search, first match wins: --labs-dir, VMDOCK_LABS, shipped labs."""
     dirs: list[Path] = [Path(d) for d in (labs_dirs or [])]
-    env = os.environ.get("VMDOCK_LABS", "")
-    dirs += [Path(p) for p in env.split(os.pathsep) if p.strip()]
+    dirs += list(settings.current().labs)
     dirs.append(paths.LABS_DIR)
     seen, out = set(), []
     for d in dirs:
@@ -217,6 +242,11 @@ def search_path(labs_dirs: list[Path] | None = None) -> list[Path]:
     return out
 
 
+def _has_lab_file(folder: Path) -> bool:
+    """Anything named lab.yaml makes a lab folder, so a broken one (a folder, a FIFO, a dangling link) is reported."""
+    return os.path.lexists(folder / LAB_FILE)
+
+
 def discover(labs_dirs: list[Path] | None = None) -> tuple[list[LoadedLab], list[Problem]]:
     """Every lab on the search path; broken ones are returned as problems."""
     labs: dict[str, LoadedLab] = {}
@@ -224,7 +254,7 @@ def discover(labs_dirs: list[Path] | None = None) -> tuple[list[LoadedLab], list
     for d in search_path(labs_dirs):
         if not d.is_dir():
             continue
-        for folder in sorted(p for p in d.iterdir() if (p / LAB_FILE).is_file()):
+        for folder in sorted(p for p in d.iterdir() if _has_lab_file(p)):
             if folder.name in labs:
                 continue  # an earlier folder on the path overrides a shipped lab
             try:
@@ -241,14 +271,15 @@ _CH_RE = re.compile(r"^(?:ch)?(\d+)$", re.IGNORECASE)
 def resolve(name: str, labs_dirs: list[Path] | None = None) -> LoadedLab:
     """A lab by full name (`ch6-lamp`), chapter (`ch6`) or number (`6`)."""
     # A full name is looked up directly so one broken lab elsewhere does not matter.
-    for d in search_path(labs_dirs):
-        if (d / name / LAB_FILE).is_file():
-            return load_lab(d / name)
+    if "/" not in name and name not in (".", ".."):
+        for d in search_path(labs_dirs):
+            if _has_lab_file(d / name):
+                return load_lab(d / name)
     labs, problems = discover(labs_dirs)
     m = _CH_RE.match(name.strip())
     if m:
         chapter = int(m.group(1))
-        hits = [l for l in labs if l.lab.chapter == chapter]
+        hits = [loaded for loaded in labs if loaded.lab.chapter == chapter]
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
@@ -263,5 +294,7 @@ def resolve(name: str, labs_dirs: list[Path] | None = None) -> LoadedLab:
     for p in problems:
         if p.folder.name == name:
             raise p.error
-    known = ", ".join(l.name for l in labs) or "none"
-    raise LabError(f"unknown lab {name!r} (labs: {known})", hint="see `vmdock list`; add folders with --labs-dir or VMDOCK_LABS")
+    known = ", ".join(loaded.name for loaded in labs) or "none"
+    raise LabError(
+        f"unknown lab {name!r} (labs: {known})", hint="see `vmdock list`; add folders with --labs-dir or VMDOCK_LABS"
+    )

@@ -1,20 +1,76 @@
 """The lab schema: what a ``labs/<name>/lab.yaml`` may say.
 
 Strict: unknown keys, wrong types and cross-reference errors (a step aimed at
-an unknown machine, a file outside the lab folder) are all errors, reported
-together by ``vmdock.loader``.
+an unknown machine, a file outside the lab folder, two machines forwarding
+one host port) are all errors, reported together by ``vmdock.loader``.
+A lab folder is input vmdock does not control, so every list and string is
+bounded and text carries no control characters.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
-from pathlib import PurePosixPath
-from typing import Annotated, Literal, Union
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from . import paths
 
 NAME_RE = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
 ENV_RE = r"^[A-Z][A-Z0-9_]{0,63}$"
 DEFAULT_BASE_IMAGE = "debian:bookworm"
+
+# Each lab instance gets a /LAB_PREFIX block of the host-only network (vmdock.seats):
+# 16 addresses less the network, broadcast and gateway addresses.
+LAB_PREFIX = 28
+MAX_MACHINES = 2 ** (32 - LAB_PREFIX) - 3
+
+# Lengths in characters: generous for what labs hold, small enough to print.
+SHORT = 200  # titles, step and check names, book sections
+LINE = 2_000  # one-line values: image names, URLs, paths, headers
+DESCRIPTION = 20_000
+SCRIPT = 100_000  # run scripts, request bodies, env values
+# Items per list.
+MAX_STEPS = 500
+MAX_CHECKS = 500
+MAX_ITEMS = 100  # sections, images, secrets, exports, forwarded ports, contains, headers
+MAX_FILES = 1_000
+MAX_ENV = 500
+
+# C0/C1 controls (bar tab, newline, carriage return), line and paragraph
+# separators, bidirectional overrides and lone surrogates: they rewrite a
+# terminal, reorder what a reader sees, or cannot be encoded.
+_HIDDEN = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff"
+_NOT_IN_TEXT = re.compile(f"[{_HIDDEN}]")
+_NOT_IN_LINE = re.compile(f"[{_HIDDEN}\t\n\r]")
+
+
+def _printable(pattern: re.Pattern, what: str):
+    def check(value: str) -> str:
+        bad = pattern.search(value)
+        if bad:
+            raise ValueError(f"{what} must not contain {bad.group()!r} (character {bad.start() + 1})")
+        return value
+
+    return AfterValidator(check)
+
+
+_ONE_LINE = _printable(_NOT_IN_LINE, "one line of text")
+_TEXT = _printable(_NOT_IN_TEXT, "text")
+ShortLine = Annotated[str, Field(max_length=SHORT), _ONE_LINE]
+OneLine = Annotated[str, Field(max_length=LINE), _ONE_LINE]
+Snippet = Annotated[str, Field(max_length=LINE), _TEXT]  # may span lines: expected output, a regex
+Script = Annotated[str, Field(max_length=SCRIPT), _TEXT]
 
 
 class Strict(BaseModel):
@@ -23,7 +79,7 @@ class Strict(BaseModel):
 
 Name = Annotated[str, Field(pattern=NAME_RE, description="lower-case letters, digits and '-'")]
 EnvName = Annotated[str, Field(pattern=ENV_RE, description="an environment variable name")]
-Port = Annotated[int, Field(ge=1, le=65535)]
+Port = Annotated[int, Field(strict=True, ge=1, le=65535)]
 
 
 def _relative_path(value: str) -> str:
@@ -33,10 +89,42 @@ def _relative_path(value: str) -> str:
     return str(p)
 
 
+def _ip_address(value: str) -> str:
+    """An IPv4 or IPv6 address, written the standard way (no zone: `%` is free text)."""
+    try:
+        if "%" in value:
+            raise ValueError(value)
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address (e.g. 127.0.0.1, or 0.0.0.0 for every address)") from None
+
+
+def box_names() -> tuple[str, ...]:
+    """The base boxes a machine may name: the keys of ``boxes/boxes.yaml``."""
+    return _box_names(paths.BOXES_DIR / "boxes.yaml")
+
+
+@lru_cache(maxsize=4)
+def _box_names(file: Path) -> tuple[str, ...]:
+    try:
+        with open(file, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"cannot read the list of boxes {file}: {exc}") from None
+    return tuple(str(k) for k in data) if isinstance(data, dict) else ()
+
+
+def _known_box(value: str) -> str:
+    names = box_names()
+    if value not in names:
+        raise ValueError(f"unknown box {value!r} (boxes: {', '.join(names) or 'none'})")
+    return value
+
+
 class ForwardedPort(Strict):
     guest: Port
     host: Port
-    host_ip: str = Field(
+    host_ip: Annotated[str, Field(max_length=64), AfterValidator(_ip_address)] = Field(
         "127.0.0.1", description="address on the host; 127.0.0.1 unless the lab must be reachable from elsewhere"
     )
     protocol: Literal["tcp", "udp"] = "tcp"
@@ -44,24 +132,36 @@ class ForwardedPort(Strict):
 
 class Machine(Strict):
     name: Name
-    box: str = Field("debian12", description="a base box name from boxes/boxes.yaml")
+    box: Annotated[str, Field(max_length=64), AfterValidator(_known_box)] = Field(
+        "debian12", description="a base box name from boxes/boxes.yaml"
+    )
     cpus: int = Field(1, ge=1, le=64)
     memory: int = Field(1024, ge=256, le=262144, description="MiB")
     hostname: Name | None = Field(None, description="defaults to <lab>-<machine>")
-    forwarded_ports: list[ForwardedPort] = []
+    forwarded_ports: list[ForwardedPort] = Field([], max_length=MAX_ITEMS)
     synced_folder: bool = Field(False, description="share the lab folder at /vagrant (off by default)")
 
 
 class Step(Strict):
-    name: str = Field(..., min_length=1, description="shown in progress and `vmdock steps`, e.g. '6.1.2 构建和上传镜像'")
-    name_en: str | None = None
-    on: list[Name] | Literal["all"] = Field("all", description="machines this step runs on, in order")
-    run: str = Field(..., min_length=1, description="a bash script, run as root in the lab folder inside the machine")
-    files: list[str] = Field([], description="lab files this step reads: a change to them re-runs the step")
+    name: ShortLine = Field(
+        ..., min_length=1, description="shown in progress and `vmdock steps`, e.g. '6.1.2 构建和上传镜像'"
+    )
+    name_en: ShortLine | None = None
+    on: list[Name] | Literal["all"] = Field(
+        "all", max_length=MAX_MACHINES, description="machines this step runs on, in order"
+    )
+    run: Script = Field(
+        ..., min_length=1, description="a bash script, run as root in the lab folder inside the machine"
+    )
+    files: list[OneLine] = Field(
+        [], max_length=MAX_FILES, description="lab files this step reads: a change to them re-runs the step"
+    )
     timeout: int = Field(1800, ge=1, le=86400, description="seconds")
     exports: list[EnvName] = Field(
         [],
-        description="values this step writes as KEY=value lines to $VMDOCK_EXPORTS; later steps and checks get them as env vars",
+        max_length=MAX_ITEMS,
+        description="values this step writes as KEY=value lines to $VMDOCK_EXPORTS; "
+        "later steps and checks get them as env vars",
     )
 
     _files = field_validator("files")(lambda cls, v: [_relative_path(x) for x in v])
@@ -73,7 +173,7 @@ class Step(Strict):
 
 
 class _Check(Strict):
-    name: str = Field(..., min_length=1)
+    name: ShortLine = Field(..., min_length=1)
     on: Name | None = Field(None, description="machine to check from; the lab's first machine by default")
     timeout: int = Field(60, ge=1, le=3600)
     retries: int = Field(0, ge=0, le=100, description="extra attempts, 2 s apart, for things that take a moment")
@@ -81,10 +181,10 @@ class _Check(Strict):
 
 class CommandCheck(_Check):
     type: Literal["command"]
-    run: str = Field(..., min_length=1)
+    run: Script = Field(..., min_length=1)
     exit_code: int = 0
-    contains: list[str] = []
-    matches: str | None = Field(None, description="a Python regular expression searched in stdout")
+    contains: list[Snippet] = Field([], max_length=MAX_ITEMS)
+    matches: Snippet | None = Field(None, description="a Python regular expression searched in stdout")
 
     @field_validator("contains", mode="before")
     @classmethod
@@ -104,15 +204,19 @@ class CommandCheck(_Check):
 
 class HttpCheck(_Check):
     type: Literal["http"]
-    url: str = Field(
-        ..., pattern=r"^https?://", description="${NAME} is replaced by the lab's env, secrets and exports (e.g. ${VMDOCK_IP_WEB})"
+    url: OneLine = Field(
+        ...,
+        pattern=r"^https?://",
+        description="${NAME} is replaced by the lab's env, secrets and exports (e.g. ${VMDOCK_IP_WEB})",
     )
-    cacert: str | None = Field(None, description="CA certificate to trust, a path in the machine (relative to the lab folder)")
+    cacert: OneLine | None = Field(
+        None, description="CA certificate to trust, a path in the machine (relative to the lab folder)"
+    )
     status: int = Field(200, ge=100, le=599)
-    contains: list[str] = []
+    contains: list[Snippet] = Field([], max_length=MAX_ITEMS)
     method: Literal["GET", "POST", "PUT", "DELETE", "HEAD"] = "GET"
-    body: str | None = None
-    headers: dict[str, str] = {}
+    body: Script | None = None
+    headers: dict[OneLine, OneLine] = Field({}, max_length=MAX_ITEMS)
 
     _one = field_validator("contains", mode="before")(lambda cls, v: [v] if isinstance(v, str) else v)
 
@@ -120,39 +224,43 @@ class HttpCheck(_Check):
 class PortCheck(_Check):
     type: Literal["port"]
     port: Port
-    host: str = "127.0.0.1"
+    host: OneLine = "127.0.0.1"
     open: bool = True
 
 
 class ContainerCheck(_Check):
     type: Literal["container"]
-    container: str = Field(..., min_length=1)
+    container: OneLine = Field(..., min_length=1)
     running: bool = True
 
 
 Check = Annotated[
-    Union[CommandCheck, HttpCheck, PortCheck, ContainerCheck], Field(discriminator="type")
+    CommandCheck | HttpCheck | PortCheck | ContainerCheck, Field(discriminator="type")
 ]
 
 
 class Needs(Strict):
     """What a lab needs from outside; an offline lab needs nothing."""
 
-    images: list[str] = Field([], description="images pulled from a registry (or loaded from --images-dir)")
+    images: list[OneLine] = Field(
+        [], max_length=MAX_ITEMS, description="images pulled from a registry (or loaded from --images-dir)"
+    )
 
 
 class Lab(Strict):
     name: Name
     chapter: int | None = Field(None, ge=1, le=99, description="the book's chapter; a lab outside the book has none")
-    title: str = Field(..., min_length=1, description="as the book has it")
-    title_en: str | None = None
-    description: str = ""
-    sections: list[str] = []
+    title: ShortLine = Field(..., min_length=1, description="as the book has it")
+    title_en: ShortLine | None = None
+    description: Annotated[str, Field(max_length=DESCRIPTION), _TEXT] = ""
+    sections: list[ShortLine] = Field([], max_length=MAX_ITEMS)
     offline: bool = Field(True, description="comes up and verifies with no Docker Hub")
-    base_image: str = Field(DEFAULT_BASE_IMAGE, description="image the lab's Dockerfiles build FROM")
+    base_image: OneLine = Field(DEFAULT_BASE_IMAGE, description="image the lab's Dockerfiles build FROM")
     needs: Needs = Needs()
-    secrets: list[EnvName] = Field([], description="generated per lab instance, passed to steps and checks as env vars")
-    env: dict[EnvName, str] = Field({}, description="environment for every step and check")
+    secrets: list[EnvName] = Field(
+        [], max_length=MAX_ITEMS, description="generated per lab instance, passed to steps and checks as env vars"
+    )
+    env: dict[EnvName, Script] = Field({}, max_length=MAX_ENV, description="environment for every step and check")
 
     @field_validator("env", mode="before")
     @classmethod
@@ -161,9 +269,11 @@ class Lab(Strict):
             return {k: (str(x).lower() if isinstance(x, bool) else str(x)) if isinstance(x, (int, float, bool)) else x
                     for k, x in v.items()}
         return v
-    machines: list[Machine] = Field(..., min_length=1)
-    steps: list[Step] = []
-    checks: list[Check] = []
+    machines: list[Machine] = Field(
+        ..., min_length=1, max_length=MAX_MACHINES, description=f"at most {MAX_MACHINES}: the size of a lab's network"
+    )
+    steps: list[Step] = Field([], max_length=MAX_STEPS)
+    checks: list[Check] = Field([], max_length=MAX_CHECKS)
 
     @model_validator(mode="after")
     def _cross_refs(self):
@@ -195,8 +305,8 @@ def cross_ref_errors(data: dict) -> list[str]:
     errors: list[str] = []
     if not isinstance(data, dict):
         return errors
-    machines = data.get("machines") if isinstance(data.get("machines"), list) else []
-    names = [m.get("name") for m in machines if isinstance(m, dict) and isinstance(m.get("name"), str)]
+    machines = _items(data, "machines")
+    names = [m["name"] for m in machines if isinstance(m, dict) and isinstance(m.get("name"), str)]
     seen: set[str] = set()
     for i, m in enumerate(machines):
         n = m.get("name") if isinstance(m, dict) else None
@@ -204,8 +314,9 @@ def cross_ref_errors(data: dict) -> list[str]:
             if n in seen:
                 errors.append(f"machines[{i}].name: duplicate machine name {n!r}")
             seen.add(n)
-    known = ", ".join(names) or "none"
-    for i, step in enumerate(data.get("steps") if isinstance(data.get("steps"), list) else []):
+    shown = [n for n in names if re.match(NAME_RE, n)]
+    known = ", ".join(shown[:MAX_MACHINES]) + (", …" if len(shown) > MAX_MACHINES else "") or "none"
+    for i, step in enumerate(_items(data, "steps")):
         on = step.get("on", "all") if isinstance(step, dict) else "all"
         if isinstance(on, str) and on != "all":
             on = [on]
@@ -213,13 +324,72 @@ def cross_ref_errors(data: dict) -> list[str]:
             for j, target in enumerate(on):
                 if isinstance(target, str) and target not in seen:
                     errors.append(f"steps[{i}].on[{j}]: unknown machine {target!r} (machines: {known})")
-    for i, check in enumerate(data.get("checks") if isinstance(data.get("checks"), list) else []):
+    for i, check in enumerate(_items(data, "checks")):
         on = check.get("on") if isinstance(check, dict) else None
         if isinstance(on, str) and on not in seen:
             errors.append(f"checks[{i}].on: unknown machine {on!r} (machines: {known})")
-    secrets = data.get("secrets") if isinstance(data.get("secrets"), list) else []
-    env = data.get("env") if isinstance(data.get("env"), dict) else {}
-    clash = sorted(str(x) for x in set(s for s in secrets if isinstance(s, str)) & set(env))
+    env = data.get("env")
+    secrets = {s for s in _items(data, "secrets") if isinstance(s, str)}
+    clash = sorted(str(x) for x in secrets & set(env if isinstance(env, dict) else {}))
     if clash:
         errors.append(f"secrets: {clash} also set in env")
+    return errors + _forwarding_errors(machines)
+
+
+def _items(data: dict, key: str) -> list:
+    """``data[key]`` when it is a list (raw YAML may hold anything there)."""
+    value = data.get(key)
+    return value if isinstance(value, list) else []
+
+
+def _forwarding_errors(machines: list) -> list[str]:
+    """A host port (per address and protocol) is forwarded once in a lab, a guest port once per machine.
+
+    The unspecified address (0.0.0.0, ::) takes the port on every address.
+    Vagrant keys a machine's forwards by guest port and protocol, so a second
+    forward of one guest port would silently replace the first.
+    """
+    errors: list[str] = []
+    taken: dict[tuple[int, str], dict[str, str]] = {}  # (host port, protocol) → {address: where}
+    for i, m in enumerate(machines):
+        guests: dict[tuple[int, str], str] = {}
+        for j, fwd in enumerate(_items(m, "forwarded_ports") if isinstance(m, dict) else []):
+            if not isinstance(fwd, dict):
+                continue
+            where = f"machines[{i}].forwarded_ports[{j}]"
+            named = isinstance(m.get("name"), str) and re.match(NAME_RE, m["name"])
+            label = where + (f" ({m['name']})" if named else "")
+            protocol, guest, host = fwd.get("protocol", "tcp"), fwd.get("guest"), fwd.get("host")
+            if not isinstance(protocol, str):
+                continue
+            if isinstance(guest, int) and _is_port(guest):
+                if (guest, protocol) in guests:
+                    first = guests[guest, protocol]
+                    errors.append(f"{where}.guest: guest port {guest}/{protocol} is already forwarded by {first}")
+                guests.setdefault((guest, protocol), label)
+            address = _address_or_none(fwd.get("host_ip", "127.0.0.1"))
+            if not (isinstance(host, int) and _is_port(host)) or address is None:
+                continue
+            users = taken.setdefault((host, protocol), {})
+            other = users.get(address) or users.get("*")
+            if address == "*" and users and not other:
+                other = next(iter(users.values()))
+            if other:
+                errors.append(f"{where}.host: host port {host}/{protocol} is already forwarded by {other}")
+            users.setdefault(address, label)
     return errors
+
+
+def _is_port(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
+def _address_or_none(value) -> str | None:
+    """The address a forward listens on, ``*`` for every address; None when invalid."""
+    try:
+        address = ipaddress.ip_address(value) if isinstance(value, str) and "%" not in value else None
+    except ValueError:
+        return None
+    if address is None:
+        return None
+    return "*" if address.is_unspecified else str(address)

@@ -12,7 +12,6 @@ provide it.
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 import urllib.error
 import urllib.request
@@ -22,6 +21,7 @@ from pathlib import Path
 from . import paths
 from .errors import ConfigError, MissingError
 from .settings import Settings
+from .settings import current as current_settings
 
 DEFAULT_PROBE = "https://registry-1.docker.io/v2/"
 
@@ -76,7 +76,7 @@ def bundle_images_dir() -> Path:
 
 
 def registry_reachable(timeout: float = 5.0) -> tuple[bool, str]:
-    url = os.environ.get("VMDOCK_REGISTRY_PROBE") or DEFAULT_PROBE
+    url = current_settings().registry_probe or DEFAULT_PROBE
     try:
         urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout)
         return True, f"{url} answers"

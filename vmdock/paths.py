@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import settings
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -28,9 +30,9 @@ VAGRANTFILE_TEMPLATE = SHARE / "Vagrantfile.j2"
 
 
 def vmdock_home() -> Path:
-    env = os.environ.get("VMDOCK_HOME")
-    if env:
-        return Path(env).expanduser().resolve()
+    home = settings.current().home
+    if home:
+        return home
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
     return Path(base) / "vmdock"
 
@@ -42,7 +44,7 @@ def lab_home(lab_name: str) -> Path:
 
 def cache_dir() -> Path:
     """Downloads and builds worth keeping (rootfs tarballs); VMDOCK_CACHE overrides."""
-    env = os.environ.get("VMDOCK_CACHE")
-    if env:
-        return Path(env).expanduser().resolve()
+    cache = settings.current().cache
+    if cache:
+        return cache
     return vmdock_home() / "cache"

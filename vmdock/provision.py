@@ -27,8 +27,8 @@ import jinja2
 from . import paths
 from .errors import ProvisionError, VmdockError
 from .events import Events
-from .loader import LoadedLab
-from .model import Step
+from .loader import LoadedLab, _display
+from .model import Lab, Step
 from .runlog import Log
 from .settings import Settings
 from .state import LabState, fingerprint, hash_paths
@@ -66,6 +66,41 @@ def provisioner(name: str) -> str:
     return lib + "\n" + (paths.PROVISIONERS_DIR / name).read_text(encoding="utf-8")
 
 
+def step_env(
+    lab: Lab,
+    machine: str,
+    ips: dict[str, str],
+    secrets: dict[str, str],
+    exports: dict[str, str],
+    exports_file: str | None = None,
+) -> dict[str, str]:
+    """Every variable a step (or a check) gets in ``machine``, in the order they are set."""
+    env = {
+        "VMDOCK_LAB": lab.name,
+        "VMDOCK_MACHINE": machine,
+        "VMDOCK_LAB_DIR": remote_lab_dir(lab.name),
+        "VMDOCK_BASE_IMAGE": lab.base_image,
+    }
+    for name, ip in ips.items():
+        env[f"VMDOCK_IP_{env_key(name)}"] = ip
+    env.update(lab.env)
+    env.update(secrets)
+    env.update(exports)
+    if exports_file:
+        env["VMDOCK_EXPORTS"] = exports_file
+    return env
+
+
+def exports_file(index: int) -> str:
+    """Where step ``index`` (0-based) writes its ``KEY=value`` lines."""
+    return posixpath.join(REMOTE_TMP, f"exports-{index + 1}")
+
+
+def step_origin(loaded: LoadedLab, index: int) -> str:
+    """How errors name a step's ``run:`` text: ``labs/x/lab.yaml: steps[2].run``."""
+    return f"{_display(loaded.file)}: steps[{index}].run"
+
+
 @dataclass
 class Item:
     key: str
@@ -91,20 +126,14 @@ class Context:
     def lab(self):
         return self.loaded.lab
 
-    def step_env(self, machine: str) -> dict[str, str]:
-        lab = self.lab
-        env = {
-            "VMDOCK_LAB": lab.name,
-            "VMDOCK_MACHINE": machine,
-            "VMDOCK_LAB_DIR": remote_lab_dir(lab.name),
-            "VMDOCK_BASE_IMAGE": lab.base_image,
-        }
-        for name, ip in self.ips.items():
-            env[f"VMDOCK_IP_{env_key(name)}"] = ip
-        env.update(lab.env)
-        env.update(self.state.ensure_secrets(lab.secrets))
-        env.update(self.state.exports)
-        return env
+    def secrets(self) -> dict[str, str]:
+        """The lab's secrets (generated once, or VMDOCK_SECRET_<NAME>); from now on masked in the log."""
+        values = self.state.ensure_secrets(self.lab.secrets)
+        self.log.add_secrets(values.values())
+        return values
+
+    def step_env(self, machine: str, exports_file: str | None = None) -> dict[str, str]:
+        return step_env(self.lab, machine, self.ips, self.secrets(), self.state.exports, exports_file)
 
 
 # -- the built-in items ---------------------------------------------------------
@@ -131,6 +160,8 @@ def _install_item(ctx: Context):
     s = ctx.settings
     script = provisioner("install-docker.sh")
     env = {"VMDOCK_DOCKER_SOURCE": s.docker_source, "VMDOCK_DOCKER_CE_MIRROR": s.docker_ce_mirror or ""}
+    if s.get_docker_url:
+        env["VMDOCK_GET_DOCKER_URL"] = s.get_docker_url
 
     def action(t: Transport) -> None:
         t.run_script(script, env=env, name="install-docker", timeout=BUILTIN_TIMEOUT, step="install Docker")
@@ -264,11 +295,10 @@ def _step_action(ctx: Context, index: int, step: Step, machine: str, last: bool)
     key = f"step{index + 1}:{machine}"
 
     def action(t: Transport) -> None:
-        exports_file = posixpath.join(REMOTE_TMP, f"exports-{index + 1}")
-        env = ctx.step_env(machine)
-        if step.exports:
-            env["VMDOCK_EXPORTS"] = exports_file
-            t.run(f"sudo -n rm -f {exports_file}", check=False)
+        exports = exports_file(index) if step.exports else None
+        env = ctx.step_env(machine, exports)
+        if exports:
+            t.run(f"sudo -n rm -f {exports}", check=False)
         t.run_script(
             step.run,
             env=env,
@@ -276,10 +306,12 @@ def _step_action(ctx: Context, index: int, step: Step, machine: str, last: bool)
             name=f"step{index + 1}",
             timeout=step.timeout,
             step=step.name,
+            origin=step_origin(ctx.loaded, index),
         )
-        if step.exports:
-            # values may be join tokens: read them without logging them
-            out = t.run(f"sudo -n cat {exports_file}", check=False, secret=True, shown=f"cat {exports_file}").stdout
+        if exports:
+            # values may be join tokens: read them without logging them, and leave no copy behind
+            out = t.run(f"sudo -n sh -c 'cat {exports}; rm -f {exports}'", check=False, secret=True,
+                        shown=f"cat {exports}").stdout
             found = {}
             for line in out.splitlines():
                 k, sep, v = line.partition("=")

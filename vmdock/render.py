@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, paths, providers, seats
+from . import __version__, paths, providers, seats, settings
 from .errors import LabError
 from .ruby import ruby
 
@@ -77,7 +76,7 @@ def _box(loaded: LoadedLab, machine, provider: Provider) -> tuple[str | None, st
     where = f"{loaded.file}: machines[{loaded.lab.machines.index(machine)}].box"
     if entry is None:
         raise LabError(f"{where}: unknown box {machine.box!r} (boxes: {', '.join(boxes_catalog())})", lab=loaded.name)
-    url = os.environ.get("VMDOCK_BOX_URL_" + re.sub(r"[^A-Z0-9]", "_", machine.box.upper()))
+    url = settings.current().box_url(machine.box)
     # a box built by `vmdock box build` and registered with Vagrant, unless the URL says otherwise
     box = entry.get(provider.name) if url else provider.box(entry)
     if not box:

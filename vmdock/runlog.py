@@ -12,8 +12,8 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 from .errors import CommandError, tail
 
@@ -24,14 +24,36 @@ def quote(cmd: Sequence[str] | str) -> str:
     return cmd if isinstance(cmd, str) else shlex.join(str(c) for c in cmd)
 
 
+MASK = "***"
+#: secrets shorter than this are not masked (masking "ab" would garble every log line)
+MASK_MIN = 4
+
+
 class Log:
-    """An append-only log file, safe to share between threads."""
+    """An append-only log file, safe to share between threads.
+
+    Secret values registered with ``add_secrets`` never reach the file: every
+    line written is masked, and ``mask`` does the same for text shown
+    elsewhere (``-v`` output, the stderr tail of an error, a check's output).
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._secrets: tuple[str, ...] = ()
+
+    def add_secrets(self, values: Iterable[str]) -> None:
+        with self._lock:
+            known = set(self._secrets) | {v for v in values if len(v) >= MASK_MIN}
+            self._secrets = tuple(sorted(known, key=len, reverse=True))  # a secret inside another: longest first
+
+    def mask(self, text: str) -> str:
+        for value in self._secrets:
+            text = text.replace(value, MASK)
+        return text
 
     def write(self, text: str) -> None:
+        text = self.mask(text)
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock, open(self.path, "a", encoding="utf-8") as fh:
@@ -44,6 +66,45 @@ class Log:
     def command(self, where: str, cmd: str, seconds: float, code: int | None) -> None:
         status = "ok" if code == 0 else f"exit {code}"
         self.event(f"{where}$ {cmd}  ({seconds:.2f}s, {status})")
+
+
+class _Pumps:
+    """Threads copying a child's stdout and stderr, line by line, to the log
+    (and ``on_line``); stdout is kept whole, stderr's last 40 lines."""
+
+    def __init__(self, proc: subprocess.Popen, log: Log, on_line: LineSink | None):
+        self.out_lines: list[str] = []
+        self.err_tail: deque[str] = deque(maxlen=40)
+        self.log, self.on_line = log, on_line
+        self.threads = [
+            threading.Thread(target=self._pump, args=(proc.stdout, self.out_lines, ""), daemon=True),
+            threading.Thread(target=self._pump, args=(proc.stderr, self.err_tail, "! "), daemon=True),
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _pump(self, stream: Iterable[str], sink: list | deque, prefix: str) -> None:
+        for line in stream:
+            line = line.rstrip("\n")
+            sink.append(line)
+            self.log.write(f"    {prefix}{line}")
+            if self.on_line:
+                self.on_line(self.log.mask(line))
+
+    def join(self, timeout: float | None = None) -> None:
+        for t in self.threads:
+            t.join(timeout)
+
+
+def _start(cmd: Sequence[str], log: Log, where: str, text: str, start: float, **popen) -> subprocess.Popen:
+    try:
+        return subprocess.Popen(
+            list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, encoding="utf-8", errors="replace", **popen,
+        )
+    except FileNotFoundError as exc:
+        log.command(where, text, time.monotonic() - start, None)
+        raise CommandError(f"{cmd[0]} is not installed or not on PATH", command=text, log=log.path) from exc
 
 
 def run(
@@ -67,41 +128,10 @@ def run(
     text = quote(cmd)
     log.event(f"{where}$ {text}  (started)")
     start = time.monotonic()
-    out_lines: list[str] = []
-    err_tail: deque[str] = deque(maxlen=40)
-    try:
-        proc = subprocess.Popen(
-            list(map(str, cmd)),
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            cwd=cwd,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-        )
-    except FileNotFoundError as exc:
-        log.command(where, text, time.monotonic() - start, None)
-        raise CommandError(
-            f"{cmd[0]} is not installed or not on PATH", command=text, log=log.path
-        ) from exc
-
-    def pump(stream: Iterable[str], sink: list | deque, prefix: str) -> None:
-        for line in stream:
-            line = line.rstrip("\n")
-            sink.append(line)
-            log.write(f"    {prefix}{line}")
-            if on_line:
-                on_line(line)
-
-    threads = [
-        threading.Thread(target=pump, args=(proc.stdout, out_lines, ""), daemon=True),
-        threading.Thread(target=pump, args=(proc.stderr, err_tail, "! "), daemon=True),
-    ]
-    for t in threads:
-        t.start()
-    if input is not None:
+    proc = _start(cmd, log, where, text, start, env=env, cwd=cwd,
+                  stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL)
+    pumps = _Pumps(proc, log, on_line)
+    if input is not None and proc.stdin is not None:
         proc.stdin.write(input)
         proc.stdin.close()
     try:
@@ -109,13 +139,12 @@ def run(
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        for t in threads:
-            t.join(5)
+        pumps.join(5)
         log.command(where, text, time.monotonic() - start, None)
         raise CommandError(
             error_message or f"timed out after {timeout:.0f}s",
-            command=text,
-            stderr_tail=tail("\n".join(err_tail)),
+            command=log.mask(text),
+            stderr_tail=log.mask(tail("\n".join(pumps.err_tail))),
             log=log.path,
         )
     except BaseException:  # Ctrl-C: do not leave the child behind
@@ -123,18 +152,16 @@ def run(
         proc.wait()
         log.command(where, text, time.monotonic() - start, None)
         raise
-    for t in threads:
-        t.join()
-    seconds = time.monotonic() - start
-    log.command(where, text, seconds, code)
-    stdout = "\n".join(out_lines)
-    stderr = "\n".join(err_tail)
+    pumps.join()
+    log.command(where, text, time.monotonic() - start, code)
+    stdout = "\n".join(pumps.out_lines)
+    stderr = "\n".join(pumps.err_tail)
     if code != 0 and check:
         raise CommandError(
             error_message or f"{Path(str(cmd[0])).name} failed",
-            command=text,
+            command=log.mask(text),
             exit_code=code,
-            stderr_tail=tail(stderr or stdout),
+            stderr_tail=log.mask(tail(stderr or stdout)),
             log=log.path,
         )
     return subprocess.CompletedProcess(list(map(str, cmd)), code, stdout, stderr)

@@ -25,23 +25,26 @@ from pathlib import Path
 import filelock
 
 from .errors import BusyError, ConfigError, LabError, StateError
+from .model import LAB_PREFIX
 
 ID_LENGTH = 6
+DEFAULT_HOST_DIR = Path("/var/tmp/vmdock")
 # VirtualBox (6.1.28+) allows host-only networks in 192.168.56.0/21 only: each
 # instance gets a /28 of it (13 machines at most; the first address is the gateway).
 NETWORK_POOL = ipaddress.ip_network("192.168.56.0/21")
-BLOCK_PREFIX = 28
 LOCK_TIMEOUT = 60.0
 LABEL_PREFIX = "vmdock."
 
 
 def host_dir() -> Path:
-    """The host-wide folder shared by every user's vmdock (VMDOCK_HOST_DIR overrides).
+    """The host-wide folder shared by every user's vmdock (``VMDOCK_HOST_DIR`` overrides).
 
     It is world-writable with the sticky bit, like /tmp: each user's lease
     files are their own, and the lock file is open to all.
     """
-    path = Path(os.environ.get("VMDOCK_HOST_DIR") or "/var/tmp/vmdock")
+    from . import settings
+
+    path = settings.current().host_dir or DEFAULT_HOST_DIR
     try:
         path.mkdir(parents=True, exist_ok=True)
         if path.stat().st_uid == os.geteuid() and (path.stat().st_mode & 0o7777) != 0o1777:
@@ -119,7 +122,7 @@ def label_args(labels: dict[str, str]) -> list[str]:
 
 
 def pool_blocks() -> list[ipaddress.IPv4Network]:
-    return list(NETWORK_POOL.subnets(new_prefix=BLOCK_PREFIX))  # type: ignore[arg-type]
+    return list(NETWORK_POOL.subnets(new_prefix=LAB_PREFIX))  # type: ignore[arg-type]
 
 
 def machine_ips(subnet: ipaddress.IPv4Network, machines: list[str]) -> dict[str, str]:
@@ -228,7 +231,7 @@ def allocate_subnet(
     block = free_block(taken)
     if block is None:
         raise StateError(
-            f"no free /{BLOCK_PREFIX} left in {NETWORK_POOL} for the lab's private network",
+            f"no free /{LAB_PREFIX} left in {NETWORK_POOL} for the lab's private network",
             lab=inst.lab,
             hint="`vmdock status --all` lists the labs on this host; `vmdock destroy` the ones no longer used",
         )
@@ -274,18 +277,6 @@ class HostPort:
 
     def __str__(self) -> str:
         return f"{self.host_ip}:{self.host}/{self.protocol} (→ {self.machine}:{self.guest})"
-
-
-def parse_port_offset(value: str | int | None, source: str) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        offset = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{source}: {value!r} is not a whole number") from None
-    if not -65535 < offset < 65535:
-        raise ConfigError(f"{source}: {offset} is out of range")
-    return offset
 
 
 def effective_ports(machines, offset: int, where: str = "lab") -> list[HostPort]:

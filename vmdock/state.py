@@ -19,6 +19,7 @@ import secrets as _secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import settings
 from .errors import BusyError, StateError
 from .lifecycle import Phase, advance
 
@@ -147,7 +148,7 @@ class LabState:
     def ensure_secrets(self, names: list[str]) -> dict[str, str]:
         changed = False
         for n in names:
-            given = os.environ.get(f"VMDOCK_SECRET_{n}")  # e.g. a real registry's password
+            given = settings.current().secret(n)  # VMDOCK_SECRET_<n>, e.g. a real registry's password
             if given and self.secrets.get(n) != given:
                 self.secrets[n] = given
                 changed = True

@@ -3,12 +3,20 @@
 Fabric is told not to read ~/.ssh/config, gets a connect timeout, and never
 consults known_hosts (machines are recreated with new host keys on the same
 forwarded ports).  Every remote command is logged with its duration and its
-output; a failure raises ``ProvisionError`` with the tail of stderr.
+output (secrets masked, see ``Log.add_secrets``); a failure raises
+``ProvisionError`` with the tail of stderr, and a lost or refused connection
+``UnreachableError``.
+
+A script runs from a file that holds its text alone, so bash's line numbers
+are the script's own; its environment (which holds the lab's secrets) travels
+on the SSH channel's stdin and never touches the machine's disk; the file is
+removed when the script ends.
 """
 from __future__ import annotations
 
 import io
 import posixpath
+import re
 import shlex
 import socket
 import time
@@ -20,10 +28,45 @@ import paramiko
 from invoke.exceptions import CommandTimedOut
 
 from .driver import SshConfig
-from .errors import ProvisionError, tail
+from .errors import ProvisionError, UnreachableError, tail
 from .runlog import Log
 
 REMOTE_TMP = "/tmp/vmdock"
+
+# The ERR trap names the line of the command that stopped the script (set -e);
+# bash names it itself for its own errors ("FILE: line N: X: unbound variable").
+_ERR_TRAP = 'trap \'echo "vmdock: line $LINENO: exit $?" >&2\' ERR'
+
+
+def script_command(remote: str, trap: bool = False) -> str:
+    """The shell line that runs the uploaded script ``remote`` as root.
+
+    It reads ``export``/``cd`` lines from stdin first, then sources the script
+    in ``bash -euo pipefail`` (so ``$0`` is its path and errors name its own
+    lines), and removes it whatever happens.  ``trap``: say on stderr at which
+    line a failing command stopped it.
+    """
+    q = shlex.quote(remote)
+    source = shlex.quote((_ERR_TRAP + "; " if trap else "") + '. "$0"')
+    run = f"bash -euo pipefail -c {source} {q}"
+    inner = f'eval "$(cat)"; rc=0; {run} || rc=$?; rm -f {q}; exit $rc'
+    return f"sudo -n bash -c {shlex.quote(inner)}"
+
+
+def map_lines(text: str, remote: str, origin: str) -> str:
+    """Name the lab's own file and field for the lines of an uploaded script.
+
+    ``/tmp/vmdock/step3.sh: line 3: X: unbound variable`` and ``vmdock: line 3: exit 1``
+    become ``labs/x/lab.yaml: steps[2].run line 3: …``.
+    """
+    text = re.sub(rf"(?m)^{re.escape(remote)}: line (\d+):", lambda m: f"{origin} line {m.group(1)}:", text)
+    return re.sub(r"(?m)^vmdock: line (\d+): exit (\d+)$", lambda m: f"{origin} line {m.group(1)}: exit {m.group(2)}", text)
+
+
+def failed_line(text: str, origin: str) -> str | None:
+    """The last line of ``text`` (already mapped) that names ``origin``."""
+    found = [line for line in text.splitlines() if line.startswith(origin + " line ")]
+    return found[-1] if found else None
 
 
 class _LineSink(io.TextIOBase):
@@ -118,7 +161,7 @@ class Transport:
                 if time.monotonic() >= deadline:
                     break
                 time.sleep(1)
-        raise ProvisionError(
+        raise UnreachableError(
             f"cannot reach the machine over SSH ({self.ssh.user}@{self.ssh.host}:{self.ssh.port}): {last}",
             lab=self.lab,
             machine=self.machine,
@@ -143,10 +186,14 @@ class Transport:
         step: str | None = None,
         shown: str | None = None,
         secret: bool = False,
+        stdin: str | None = None,
     ) -> Result:
-        """Run ``command`` (a shell line) as the SSH user; output is logged unless ``secret``."""
+        """Run ``command`` (a shell line) as the SSH user; output is logged unless ``secret``.
+
+        ``stdin``: text for the command's standard input, which is then closed.
+        """
         conn = self._connection()
-        label = shown or command
+        label = self.log.mask(shown or command)
         self.log.event(f"{self.machine}$ {label}  (started)")
 
         def emit(prefix):
@@ -155,16 +202,18 @@ class Transport:
                     return
                 self.log.write(f"    {prefix}{line}")
                 if self.on_line:
-                    self.on_line(self.machine, line)
+                    self.on_line(self.machine, self.log.mask(line))
             return _e
 
         out, err = _LineSink(emit("")), _LineSink(emit("! "))
         start = time.monotonic()
         try:
-            res = conn.run(command, hide=True, warn=True, timeout=timeout, out_stream=out, err_stream=err, in_stream=False)
+            res = conn.run(command, hide=True, warn=True, timeout=timeout, out_stream=out, err_stream=err,
+                           in_stream=io.StringIO(stdin) if stdin is not None else False)
             code = res.exited
         except CommandTimedOut:
-            out.close_out(), err.close_out()
+            out.close_out()
+            err.close_out()
             self.log.command(self.machine, label, time.monotonic() - start, None)
             raise ProvisionError(
                 f"timed out after {timeout}s",
@@ -172,30 +221,35 @@ class Transport:
                 machine=self.machine,
                 step=step,
                 command=label,
-                stderr_tail=tail("\n".join(err.lines or out.lines)),
+                stderr_tail=self.log.mask(tail("\n".join(err.lines or out.lines))),
                 log=self.log.path,
             ) from None
         except (socket.error, paramiko.SSHException, EOFError) as exc:
             self.log.command(self.machine, label, time.monotonic() - start, None)
             self.close()
-            raise ProvisionError(
+            raise UnreachableError(
                 f"SSH connection failed: {exc}", lab=self.lab, machine=self.machine, step=step,
                 command=label, log=self.log.path,
             ) from None
-        out.close_out(), err.close_out()
+        out.close_out()
+        err.close_out()
         seconds = time.monotonic() - start
         self.log.command(self.machine, label, seconds, code)
         result = Result(code, "\n".join(out.lines), "\n".join(err.lines), seconds)
+        if code < 0:
+            raise UnreachableError(
+                "the SSH session ended without an exit status (the machine stopped or the connection was lost)",
+                lab=self.lab, machine=self.machine, step=step, command=label, log=self.log.path,
+            )
         if check and code != 0:
             raise ProvisionError(
-                "command failed" if code >= 0 else
-                "the SSH session ended without an exit status (the machine stopped or the connection was lost)",
+                "command failed",
                 lab=self.lab,
                 machine=self.machine,
                 step=step,
                 command=label,
                 exit_code=code,
-                stderr_tail=tail(result.stderr or result.stdout),
+                stderr_tail=self.log.mask(tail(result.stderr or result.stdout)),
                 log=self.log.path,
             )
         return result
@@ -210,23 +264,28 @@ class Transport:
         timeout: int | None = None,
         check: bool = True,
         step: str | None = None,
+        origin: str | None = None,
     ) -> Result:
-        """Upload a bash script and run it as root with ``bash -euo pipefail``."""
-        lines = ["# written by vmdock"]
-        for k, v in (env or {}).items():
-            lines.append(f"export {k}={shlex.quote(str(v))}")
+        """Run a bash script as root with ``bash -euo pipefail`` (see ``script_command``).
+
+        ``origin`` names where the script's text comes from (``labs/x/lab.yaml:
+        steps[2].run``): errors then name that file and the script's own line.
+        """
+        prelude = "".join(f"export {k}={shlex.quote(str(v))}\n" for k, v in (env or {}).items())
         if cwd:
-            lines.append(f"cd {shlex.quote(cwd)}")
-        body = "\n".join(lines) + "\n" + script + ("\n" if not script.endswith("\n") else "")
+            prelude += f"cd {shlex.quote(cwd)}\n"
         remote = posixpath.join(REMOTE_TMP, f"{name}.sh")
-        self.put_bytes(body.encode("utf-8"), remote, mode=0o600)
-        return self.run(
-            f"sudo -n bash -euo pipefail {shlex.quote(remote)}",
-            timeout=timeout,
-            check=check,
-            step=step,
-            shown=f"[{name}] " + (script.strip().splitlines() or [""])[0][:100],
-        )
+        self.put_bytes(script.encode("utf-8"), remote, mode=0o600)
+        shown = f"[{name}] " + (script.strip().splitlines() or [""])[0][:100]
+        try:
+            return self.run(script_command(remote, trap=origin is not None), timeout=timeout, check=check, step=step, shown=shown, stdin=prelude)
+        except ProvisionError as exc:
+            if origin and exc.stderr_tail:
+                exc.stderr_tail = map_lines(exc.stderr_tail, remote, origin)
+                where = failed_line(exc.stderr_tail, origin)
+                if where and exc.message == "command failed":
+                    exc.message = f"failed at {where}"
+            raise
 
     # files ------------------------------------------------------------------
     def _sftp(self) -> paramiko.SFTPClient:

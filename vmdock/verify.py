@@ -1,7 +1,9 @@
 """Run a lab's checks inside its machines; report as a table, JSON or JUnit.
 
 Each check says what it expected and what it saw, so a failing check can be
-read without opening the log.
+read without opening the log.  A check that could not run at all (the lab is
+not up, its machine cannot be reached) is an *error*, not a failure: the
+report still lists it, with the reason.
 """
 from __future__ import annotations
 
@@ -10,14 +12,18 @@ import shlex
 import string
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from .errors import VmdockError
+from .errors import UnreachableError, VmdockError
 from .model import CommandCheck, ContainerCheck, HttpCheck, PortCheck
 from .provision import Context, remote_lab_dir
 from .transport import Transport
 
+Judge = Callable[[int, str, str], "tuple[bool, str, str]"]  # (exit code, stdout, stderr) → (passed, expected, seen)
+
 SHOWN = 400  # characters of output kept in a result
+CONNECT_WAIT = 15  # seconds to wait for a machine's sshd before its checks are errors
 
 
 @dataclass
@@ -30,9 +36,23 @@ class CheckResult:
     expected: str
     seen: str
     attempts: int = 1
+    error: str | None = None  # why the check could not run (then it neither passed nor failed)
+
+    @property
+    def status(self) -> str:
+        return "error" if self.error else ("passed" if self.passed else "failed")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "status": self.status}
+
+
+def errored(lab, reason: str, only: list[str] | None = None) -> list[CheckResult]:
+    """Every check of ``lab`` (a model.Lab), reported as an error for ``reason``."""
+    return [
+        CheckResult(c.name, c.type, lab.check_machine(c), False, 0.0, "", "", 0, error=reason)
+        for c in lab.checks
+        if not only or c.name in only
+    ]
 
 
 def _clip(text: str) -> str:
@@ -40,7 +60,7 @@ def _clip(text: str) -> str:
     return text if len(text) <= SHOWN else text[: SHOWN - 20] + f"… ({len(text)} chars)"
 
 
-def _command(check: CommandCheck) -> tuple[str, callable]:
+def _command(check: CommandCheck) -> tuple[str, Judge]:
     def judge(code: int, out: str, err: str) -> tuple[bool, str, str]:
         expected = [f"exit {check.exit_code}"]
         expected += [f"stdout contains {c!r}" for c in check.contains]
@@ -65,7 +85,7 @@ def _command(check: CommandCheck) -> tuple[str, callable]:
 _HTTP_MARK = "__VMDOCK_HTTP_STATUS__"
 
 
-def _http(check: HttpCheck, env: dict[str, str] | None = None) -> tuple[str, callable]:
+def _http(check: HttpCheck, env: dict[str, str] | None = None) -> tuple[str, Judge]:
     # ${NAME} in the URL, headers, body and cacert: the lab's env, secrets and exports
     sub = (lambda text: string.Template(text).safe_substitute(env)) if env else (lambda text: text)
     # `-X HEAD` makes curl wait for a body that never comes (exit 18 or 28); --head does not
@@ -99,7 +119,7 @@ def _http(check: HttpCheck, env: dict[str, str] | None = None) -> tuple[str, cal
     return script, judge
 
 
-def _port(check: PortCheck) -> tuple[str, callable]:
+def _port(check: PortCheck) -> tuple[str, Judge]:
     script = f"timeout 5 bash -c {shlex.quote(f'exec 3<>/dev/tcp/{check.host}/{check.port}')} && echo open || echo closed"
 
     def judge(code: int, out: str, err: str) -> tuple[bool, str, str]:
@@ -110,7 +130,7 @@ def _port(check: PortCheck) -> tuple[str, callable]:
     return script, judge
 
 
-def _container(check: ContainerCheck) -> tuple[str, callable]:
+def _container(check: ContainerCheck) -> tuple[str, Judge]:
     script = f"docker inspect -f '{{{{.State.Status}}}} {{{{.State.Running}}}}' {shlex.quote(check.container)}"
 
     def judge(code: int, out: str, err: str) -> tuple[bool, str, str]:
@@ -125,7 +145,9 @@ def _container(check: ContainerCheck) -> tuple[str, callable]:
     return script, judge
 
 
-_KINDS = {"command": _command, "http": _http, "port": _port, "container": _container}
+_KINDS: dict[str, Callable[..., tuple[str, Judge]]] = {
+    "command": _command, "http": _http, "port": _port, "container": _container,
+}
 
 
 def run_check(ctx: Context, check, transport: Transport) -> CheckResult:
@@ -147,23 +169,39 @@ def run_check(ctx: Context, check, transport: Transport) -> CheckResult:
                 step=f"check: {check.name}",
             )
             passed, expected, seen = judge(res.exit_code, res.stdout, res.stderr)
-        except VmdockError as exc:  # a timeout or a lost connection fails the check, not the run
+        except UnreachableError as exc:  # the check could not run: an error, not a failure
+            return CheckResult(check.name, check.type, machine, False, round(time.monotonic() - start, 2), "", "",
+                               attempts, error=ctx.log.mask(exc.message))
+        except VmdockError as exc:  # a timeout fails the check, not the run
             passed, expected, seen = False, "an answer", str(exc.message)
         if passed or attempts > check.retries:
             break
         time.sleep(2)
-    return CheckResult(check.name, check.type, machine, passed, round(time.monotonic() - start, 2), expected, seen, attempts)
+    return CheckResult(check.name, check.type, machine, passed, round(time.monotonic() - start, 2),
+                       ctx.log.mask(expected), ctx.log.mask(seen), attempts)
 
 
 def run_checks(ctx: Context, transports: dict[str, Transport], events=None, only: list[str] | None = None) -> list[CheckResult]:
     results = []
+    unreachable: dict[str, str] = {}  # machine → why
     for check in ctx.lab.checks:
         if only and check.name not in only:
             continue
         machine = ctx.lab.check_machine(check)
+        if machine not in unreachable:
+            try:
+                transports[machine].connect(wait=CONNECT_WAIT)
+                unreachable[machine] = ""
+            except UnreachableError as exc:
+                unreachable[machine] = exc.message
+        if unreachable[machine]:
+            results.append(CheckResult(check.name, check.type, machine, False, 0.0, "", "", 0, error=unreachable[machine]))
+            continue
         if events:
             events.step_start(machine, f"check:{check.name}", check.name)
         r = run_check(ctx, check, transports[machine])
+        if r.error:
+            unreachable[machine] = r.error
         if events and r.passed:
             events.step_done(machine, f"check:{check.name}", check.name, r.seconds, skipped=False)
         elif events:
@@ -185,13 +223,16 @@ def junit_xml(lab: str, results: list[CheckResult]) -> str:
         "testsuite",
         name=f"vmdock.{lab}",
         tests=str(len(results)),
-        failures=str(sum(not r.passed for r in results)),
-        errors="0",
+        failures=str(sum(r.status == "failed" for r in results)),
+        errors=str(sum(r.status == "error" for r in results)),
         time=f"{sum(r.seconds for r in results):.2f}",
     )
     for r in results:
         case = ET.SubElement(suite, "testcase", classname=f"vmdock.{lab}.{r.machine}", name=_xml_text(r.name), time=f"{r.seconds:.2f}")
-        if not r.passed:
+        if r.error:
+            err = ET.SubElement(case, "error", message=_xml_text(r.error[:500]), type="error")
+            err.text = _xml_text(r.error)
+        elif not r.passed:
             fail = ET.SubElement(case, "failure", message=_xml_text(f"expected {r.expected}; saw {r.seen}"[:500]), type=r.type)
             fail.text = _xml_text(f"expected: {r.expected}\nseen: {r.seen}\nattempts: {r.attempts}")
     root = ET.Element("testsuites")

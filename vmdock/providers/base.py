@@ -99,6 +99,15 @@ def quick_run(argv: list[str], log: Log | None, timeout: float = 30) -> subproce
     return proc
 
 
+def refuse_file_mirrors(provider: str) -> None:
+    """A ConfigError when an apt mirror is a folder of this host: a VM cannot reach it."""
+    from .. import settings
+    from ..hostbuild import mirror
+
+    s = settings.current()
+    mirror.refuse_for_vms(provider, VMDOCK_APT_MIRROR=s.apt_mirror, VMDOCK_APT_SECURITY_MIRROR=s.apt_security_mirror)
+
+
 class Provider(ABC):
     """One Vagrant provider, as vmdock uses it.  Instances hold no state."""
 
@@ -149,7 +158,7 @@ class Provider(ABC):
 
     def box(self, entry: dict) -> str | None:
         """The Vagrant box for a boxes.yaml entry (None: the provider has none)."""
-        from .. import boxes
+        from ..hostbuild import boxes
 
         return boxes.own_box(entry, self.name) or entry.get(self.name)
 

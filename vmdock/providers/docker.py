@@ -76,17 +76,12 @@ def ssh_address(ports_json: str) -> tuple[str, int] | None:
     return ("127.0.0.1" if host == "0.0.0.0" else host), int(ssh[0]["HostPort"])
 
 
-def _cached_create_args() -> list[str]:
-    """The machine's create args from what the host facts remember, building nothing."""
-    from .. import images, paths
+def _mirrors() -> tuple[str | None, ...]:
+    """The apt mirrors a machine may need mounted (``file:`` ones are folders of this host)."""
+    from .. import settings
 
-    try:
-        facts = json.loads((paths.cache_dir() / images.HOST_FACTS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        facts = {}
-    key = os.environ.get("DOCKER_HOST") or os.environ.get("DOCKER_CONTEXT") or "default"
-    known = (facts.get("privileged") or {}).get(key) or {}
-    return list(images.PRIVILEGED_CREATE_ARGS if known.get("allowed") else images.MACHINE_CREATE_ARGS)
+    current = settings.current()
+    return current.apt_mirror, current.apt_security_mirror
 
 
 class DockerProvider(Provider):
@@ -118,18 +113,15 @@ class DockerProvider(Provider):
     ) -> dict:
         import time
 
-        from .. import images
+        from ..hostbuild import machine_image
 
-        if not build:
-            image = self.base_image()
-            if not image:
-                image = f"{images.MACHINE_IMAGE_REPO}:not-built-yet"
-                events.info(f"the machine image is not built yet: `vmdock up {lab.name}` builds it")
-            return {"machine_image": image, "create_args": _cached_create_args(), "lab_images": dict(lab_images or {})}
+        if not build:  # `vmdock render`: the tag is known without building, the args without probing
+            args = machine_image.machine_create_args(log, mirrors=_mirrors(), probe=False)
+            return {"machine_image": self.base_image(), "create_args": args, "lab_images": dict(lab_images or {})}
         events.task("machine image")
         start = time.monotonic()
-        image = images.ensure_machine_image(log, mirror=self.mirror, on_line=lambda line: events.line("image", line))
-        args = images.machine_create_args(log)
+        image = machine_image.ensure_machine_image(log, mirror=self.mirror, on_line=lambda line: events.line("image", line))
+        args = machine_image.machine_create_args(log, mirrors=_mirrors())
         events.task_done("machine image", time.monotonic() - start)
         return {"machine_image": image, "create_args": args, "lab_images": dict(lab_images or {})}
 
@@ -276,11 +268,10 @@ class DockerProvider(Provider):
                 time.sleep(1)
 
     def base_image(self) -> str:
-        """The machine image `up` would use now ('' when its rootfs is not built: no tag yet)."""
-        from .. import images
+        """The machine image `up` would use now (its tag is computed, nothing is built)."""
+        from ..hostbuild import machine_image, rootfs
 
-        rootfs = images.rootfs_path()
-        return images.machine_image_tag(rootfs, images.apt_mirror(self.mirror)) if rootfs.exists() else ""
+        return machine_image.machine_image_tag(rootfs.apt_mirror(self.mirror))
 
     def lab_images(self, log: Log) -> list[LabImage]:
         from ..labimages import ROLE, LabImage
@@ -307,15 +298,15 @@ class DockerProvider(Provider):
 
     def prune(self, log: Log, *, everything: bool = False) -> list[Pruned]:
         """Machine images and lab images that no container on this host was made from."""
-        from .. import images
+        from ..hostbuild import machine_image
+        from ..labimages import ROLE
         from ..runlog import run
 
         if not docker_daemon()[0]:
             return []
-        from ..labimages import ROLE
 
         rows = []
-        for role in (images.ROLE_LABEL, f"vmdock.role={ROLE}"):  # machine images, lab images
+        for role in (machine_image.ROLE_LABEL, f"vmdock.role={ROLE}"):  # machine images, lab images
             listed = run(["docker", "image", "ls", "--no-trunc", "--filter", f"label={role}",
                           "--format", "{{.ID}}\t{{.Repository}}:{{.Tag}}"], log).stdout
             rows += [tuple(line.split("\t", 1)) for line in listed.splitlines() if "\t" in line]

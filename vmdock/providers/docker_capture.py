@@ -151,8 +151,9 @@ def capture(container: str, tag: str, labels: dict[str, str], start_docker: str,
         changes += [f"LABEL {k}={json.dumps(v)}" for k, v in sorted(labels.items())]
         fmt = ("{{json .Config.Env}}\t{{json .Config.ExposedPorts}}\t"
                "{{index .Config.Labels \"" + lab_image_label + "\"}}")
-        env, ports, from_lab_image = run(["docker", "inspect", "-f", fmt, container], log).stdout.strip().split("\t")
-        if from_lab_image:
+        fields = run(["docker", "inspect", "-f", fmt, container], log).stdout.rstrip("\n").split("\t")
+        env, ports, from_lab_image = (fields + ["", "", ""])[:3]
+        if from_lab_image and from_lab_image != "<no value>":
             changes += [f"ENV {e.partition('=')[0]}={json.dumps(e.partition('=')[2])}" for e in json.loads(env) or []]
             changes += [f"EXPOSE {p}" for p in json.loads(ports) or {}]
             flags = " ".join(f"--change {shlex.quote(c)}" for c in changes)

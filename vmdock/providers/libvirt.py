@@ -1,7 +1,8 @@
 """The libvirt provider: real VMs under qemu, through vagrant-libvirt.
 
 The domain type (vagrant-libvirt's ``driver`` setting) is ``kvm`` when KVM
-really works here, else ``qemu`` (TCG, software emulation): see ``kvm.py``.
+really works here, else ``qemu`` (TCG, software emulation): see
+``vmdock.hostbuild.hostfacts.kvm_probe``.
 """
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import shutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from .. import settings
 from ..errors import ConfigError
-from .base import NOT_CREATED, Probe, Provider, quick_run, unix_socket_answers
-from .kvm import kvm_probe
+from ..hostbuild.hostfacts import kvm_probe
+from .base import NOT_CREATED, Probe, Provider, quick_run, refuse_file_mirrors, unix_socket_answers
 
 if TYPE_CHECKING:
     from ..events import Events
@@ -51,10 +53,8 @@ def domain_type(on_info: Callable[[str], None] | None = None, log=None) -> str:
     ``VMDOCK_LIBVIRT_DRIVER`` (kvm or qemu) overrides the probe.  The choice
     and its reason go to ``on_info`` (the engine's events.info).
     """
-    forced = os.environ.get(DOMAIN_TYPE_ENV)
+    forced = settings.current().libvirt_driver  # validated there: kvm or qemu
     if forced:
-        if forced not in DOMAIN_TYPES:
-            raise ConfigError(f"{DOMAIN_TYPE_ENV}: {forced!r} must be kvm or qemu")
         chosen, why = forced, f"libvirt domain type {forced}, as {DOMAIN_TYPE_ENV} says"
     else:
         usable, reason = kvm_probe(log)
@@ -108,6 +108,7 @@ class LibvirtProvider(Provider):
     def render_options(
         self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True, lab_images: dict[str, str] | None = None
     ) -> dict:
+        refuse_file_mirrors(self.name)
         return {"domain_type": domain_type(on_info=events.info, log=log)}
 
     def check_options(self, options: dict) -> None:

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .base import NOT_CREATED, Probe, Provider, quick_run
+from .base import NOT_CREATED, Probe, Provider, quick_run, refuse_file_mirrors
 
 if TYPE_CHECKING:
     from ..events import Events
@@ -63,6 +63,7 @@ class VirtualBoxProvider(Provider):
     def render_options(
         self, lab: LoadedLab, log: Log, events: Events, *, build: bool = True, lab_images: dict[str, str] | None = None
     ) -> dict:
+        refuse_file_mirrors(self.name)
         return {}
 
     def native_status(self, inst: Instance, machines: list[str], log: Log | None = None) -> dict[str, str] | None:

@@ -1,16 +1,47 @@
-"""KVM: present is not usable (the probe vagrant-libvirt's domain type depends on).
+"""What vmdock learnt about this host, kept in ``cache_dir()/host-facts.json``.
 
-Kept here until the host facts have a module of their own.
+Each fact is a JSON object under its own key (``kvm``, ``privileged``);
+deleting the file asks every question again.  The KVM probe lives here: it
+is the costliest question.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import os
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from .. import paths
+from ..runlog import Log
+from . import fsutil
+
+HOST_FACTS_FILE = "host-facts.json"
+KVM_FACTS_KEY = "kvm"
+KVM_PROBE_TIMEOUT = 20.0
+
+
+def facts_file() -> Path:
+    return paths.cache_dir() / HOST_FACTS_FILE
+
+
+def read_fact(key: str) -> dict[str, Any]:
+    """The fact ``key`` (``{}`` when unknown)."""
+    value = fsutil.read_json(facts_file()).get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def write_fact(key: str, value: dict[str, Any], log: Log | None = None) -> None:
+    """Remember ``value`` as fact ``key`` (the other facts stay)."""
+    path = facts_file()
+    lock = path.with_name(path.name + ".lock")
+    with fsutil.file_lock(lock, "host facts", log or Log(Path(os.devnull)), wait=60):
+        facts = fsutil.read_json(path)
+        facts[key] = value
+        fsutil.write_json_atomic(path, facts)
+
 
 # --------------------------------------------------------------------------
 # KVM: present is not usable.  On some hosts (nested virtualisation, e.g. a
@@ -37,8 +68,6 @@ _KVM_PROBE_BOOT_SECTOR = bytes.fromhex(
     "00b878563412a300001000813d00001000785634127504b001e6f4b002e6f4f466900000000000000000ffff0000"
     "009acf00ffff00000092cf001700507c0000"
 )
-KVM_PROBE_TIMEOUT = 20.0
-KVM_FACTS_KEY = "kvm"
 
 
 def _boot_id() -> str:
@@ -66,9 +95,7 @@ def _boot_guest(qemu: str, accel: str, disk: str, timeout: float) -> tuple[bool,
     ]
     start = time.monotonic()
     try:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     except OSError as exc:
         return False, 0.0, f"{qemu}: {exc}"
     try:
@@ -87,69 +114,74 @@ def _boot_guest(qemu: str, accel: str, disk: str, timeout: float) -> tuple[bool,
     return False, seconds, f"exit {proc.returncode}: {lines[-1].strip()[:200] if lines else 'no message'}"
 
 
-def kvm_probe(log=None, *, refresh: bool = False, timeout: float = KVM_PROBE_TIMEOUT) -> tuple[bool, str]:
-    """Whether qemu can really run a guest with KVM here: (usable, why).
-
-    Boots a tiny guest (SeaBIOS → boot sector → protected mode) with KVM and
-    with TCG.  KVM is usable when the guest boots and is not slower than
-    emulation (a sick nested KVM is: 7 s against 0.6 s here).  The answer is
-    kept in ``cache_dir()/host-facts.json`` until the host reboots (its
-    boot_id changes); ``refresh`` or deleting that file asks again.  ``log``
-    (a runlog.Log) gets the probe's commands and durations.
-    """
-    from .. import images, paths  # images pulls in more than the provider probes need
-
+def _kvm_unavailable(qemu: str | None) -> str | None:
+    """Why KVM cannot even be tried here (None: it can)."""
     dev = "/dev/kvm"
     if not os.path.exists(dev):
-        return False, "no /dev/kvm (no hardware virtualisation, or the kvm module is not loaded)"
+        return "no /dev/kvm (no hardware virtualisation, or the kvm module is not loaded)"
     if not os.access(dev, os.R_OK | os.W_OK):
-        return False, f"{dev} is not readable and writable by this user (group kvm?)"
-    qemu = _qemu_binary()
+        return f"{dev} is not readable and writable by this user (group kvm?)"
     if not qemu:
-        return False, "qemu-system-x86_64 not found, KVM not probed (apt-get install qemu-system-x86)"
-    facts_file = paths.cache_dir() / images.HOST_FACTS_FILE
-    boot_id = _boot_id()
-    known = images._read_json(facts_file).get(KVM_FACTS_KEY)
-    if (not refresh and isinstance(known, dict) and "usable" in known
-            and known.get("boot_id") == boot_id and known.get("qemu") == qemu):
-        return bool(known["usable"]), str(known.get("why", ""))
+        return "qemu-system-x86_64 not found, KVM not probed (apt-get install qemu-system-x86)"
+    return None
+
+
+def _boot_both(qemu: str, timeout: float, log: Log | None) -> tuple[tuple[bool, float, str], tuple[bool, float, str]]:
+    """Boot the probe sector with KVM, then with TCG."""
     with tempfile.TemporaryDirectory(prefix="vmdock-kvm-probe-") as tmp:
         disk = os.path.join(tmp, "boot.img")
         sector = bytearray(512)
         sector[: len(_KVM_PROBE_BOOT_SECTOR)] = _KVM_PROBE_BOOT_SECTOR
         sector[510:512] = b"\x55\xaa"
         Path(disk).write_bytes(bytes(sector))
-        kvm_ok, kvm_s, kvm_detail = _boot_guest(qemu, "kvm", disk, timeout)
-        tcg_ok, tcg_s, tcg_detail = _boot_guest(qemu, "tcg", disk, timeout)
+        kvm = _boot_guest(qemu, "kvm", disk, timeout)
+        tcg = _boot_guest(qemu, "tcg", disk, timeout)
     if log is not None:
-        log.command("host", f"{qemu} -accel kvm … (KVM probe: {kvm_detail})", kvm_s, 0 if kvm_ok else 1)
-        log.command("host", f"{qemu} -accel tcg … (KVM probe: {tcg_detail})", tcg_s, 0 if tcg_ok else 1)
+        for accel, (ok, seconds, detail) in (("kvm", kvm), ("tcg", tcg)):
+            log.command("host", f"{qemu} -accel {accel} … (KVM probe: {detail})", seconds, 0 if ok else 1)
+    return kvm, tcg
+
+
+def _verdict(kvm: tuple[bool, float, str], tcg: tuple[bool, float, str]) -> tuple[bool, str]:
+    kvm_ok, kvm_s, kvm_detail = kvm
+    tcg_ok, tcg_s, tcg_detail = tcg
     if not kvm_ok:
-        usable, why = False, f"a test guest does not boot under KVM: {kvm_detail}"
-    elif tcg_ok and kvm_s > 2.0 + 2 * tcg_s:
-        usable, why = False, (
+        return False, f"a test guest does not boot under KVM: {kvm_detail}"
+    if tcg_ok and kvm_s > 2.0 + 2 * tcg_s:
+        return False, (
             f"KVM is slower than emulation here: a test guest booted in {kvm_s:.1f}s with KVM, "
             f"{tcg_s:.1f}s with TCG (nested virtualisation?); real guests hang at the boot loader"
         )
-    else:
-        usable, why = True, f"a test guest boots under KVM in {kvm_s:.1f}s (TCG: {tcg_detail})"
-    try:
-        facts_file.parent.mkdir(parents=True, exist_ok=True)
-        from ..runlog import Log
+    return True, f"a test guest boots under KVM in {kvm_s:.1f}s (TCG: {tcg_detail})"
 
-        lock = paths.cache_dir() / f"{images.HOST_FACTS_FILE}.lock"
-        with images._file_lock(lock, "host facts", log or Log(Path(os.devnull)), wait=60):
-            facts = images._read_json(facts_file)
-            facts[KVM_FACTS_KEY] = {
-                "usable": usable,
-                "why": why,
-                "boot_id": boot_id,
-                "qemu": qemu,
-                "kvm_seconds": round(kvm_s, 2),
-                "tcg_seconds": round(tcg_s, 2),
-                "checked_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            }
-            images._write_json_atomic(facts_file, facts)
+
+def kvm_probe(log: Log | None = None, *, refresh: bool = False, timeout: float = KVM_PROBE_TIMEOUT) -> tuple[bool, str]:
+    """Whether qemu can really run a guest with KVM here: (usable, why).
+
+    Boots a tiny guest (SeaBIOS → boot sector → protected mode) with KVM and
+    with TCG.  KVM is usable when the guest boots and is not slower than
+    emulation (a sick nested KVM is: 7 s against 0.6 s here).  The answer is
+    kept in ``host-facts.json`` until the host reboots (its boot_id changes);
+    ``refresh`` or deleting that file asks again.  ``log`` gets the probe's
+    commands and durations.
+    """
+    qemu = _qemu_binary()
+    missing = _kvm_unavailable(qemu)
+    if missing or not qemu:
+        return False, missing or ""
+    boot_id = _boot_id()
+    known = read_fact(KVM_FACTS_KEY)
+    if not refresh and known.get("boot_id") == boot_id and known.get("qemu") == qemu and "usable" in known:
+        return bool(known["usable"]), str(known.get("why", ""))
+    kvm, tcg = _boot_both(qemu, timeout, log)
+    usable, why = _verdict(kvm, tcg)
+    fact = {
+        "usable": usable, "why": why, "boot_id": boot_id, "qemu": qemu,
+        "kvm_seconds": round(kvm[1], 2), "tcg_seconds": round(tcg[1], 2),
+        "checked_at": fsutil.utc_now(),
+    }
+    try:
+        write_fact(KVM_FACTS_KEY, fact, log)
     except OSError:
         pass  # not remembered: asked again next time
     return usable, why

@@ -80,8 +80,8 @@ def test_two_seats_of_one_lab_side_by_side():
         # --no-image: the full path, whatever lab images this host has
         ups = [subprocess.Popen([sys.executable, "-m", "vmdock", "up", LAB, "--no-image"], env=e,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for e in envs]
-        for p in ups:
-            out, err = p.communicate(timeout=2400)
+        results = [p.communicate(timeout=2400) for p in ups]
+        for p, (out, err) in zip(ups, results, strict=True):
             assert p.returncode == 0, f"up exited {p.returncode}\n{out}\n{err}"
         for e, inst in zip(envs, ids, strict=True):
             assert "0 failed" in vmdock(e, "verify", LAB).stdout

@@ -15,6 +15,8 @@ from vmdock.loader import load_lab
 from vmdock.providers import libvirt
 from vmdock.render import RenderOptions, render
 
+from .seating import seat_of
+
 
 def _register(home, name="vmdock/debian12", provider="libvirt", arch=None):
     folder = home / "boxes" / name.replace("/", "-VAGRANTSLASH-") / "0"
@@ -60,27 +62,27 @@ def test_registered_reads_vagrants_box_folder(vagrant_home, arch):
 
 
 def test_render_prefers_the_registered_vmdock_box_for_libvirt(vagrant_home, lab):
-    text = render(lab, RenderOptions("libvirt", {"domain_type": "qemu"}))
+    text = render(lab, RenderOptions("libvirt", {"domain_type": "qemu"}), seat_of(lab))
     assert 'node.vm.box = "debian/bookworm64"' in text
     _register(vagrant_home)
-    text = render(lab, RenderOptions("libvirt", {"domain_type": "qemu"}))
+    text = render(lab, RenderOptions("libvirt", {"domain_type": "qemu"}), seat_of(lab))
     assert 'node.vm.box = "vmdock/debian12"' in text
     assert "box_url" not in text
     # VirtualBox has no vmdock box: Vagrant Cloud's
-    assert 'node.vm.box = "debian/bookworm64"' in render(lab, RenderOptions("virtualbox"))
+    assert 'node.vm.box = "debian/bookworm64"' in render(lab, RenderOptions("virtualbox"), seat_of(lab))
     assert boxes.vagrant_box("debian12", "libvirt") == "vmdock/debian12"
 
 
 def test_box_url_still_overrides(vagrant_home, lab, monkeypatch):
     _register(vagrant_home)
     monkeypatch.setenv("VMDOCK_BOX_URL_DEBIAN12", "file:///srv/boxes/debian12.box")
-    text = render(lab, RenderOptions("libvirt", {"domain_type": "qemu"}))
+    text = render(lab, RenderOptions("libvirt", {"domain_type": "qemu"}), seat_of(lab))
     assert 'node.vm.box = "debian/bookworm64"' in text
     assert 'node.vm.box_url = "file:///srv/boxes/debian12.box"' in text
 
 
 def test_libvirt_block(vagrant_home, lab):
-    text = render(lab, RenderOptions("libvirt", {"domain_type": "kvm"}))
+    text = render(lab, RenderOptions("libvirt", {"domain_type": "kvm"}), seat_of(lab))
     for line in (
         'lv.driver = "kvm"',
         "lv.qemu_use_session = false",

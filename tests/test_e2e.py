@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from vmdock.seats import instance_id
+
 pytestmark = pytest.mark.e2e
 
 HERE = Path(__file__).resolve().parent
@@ -49,23 +51,20 @@ def docker_lines(*args) -> list[str]:
     return [line for line in out.splitlines() if line.strip()]
 
 
-def leftovers(lab: str) -> dict:
-    """The lab's containers and its private network (other labs on this host may have theirs)."""
-    from vmdock.loader import resolve
-    from vmdock.render import lab_network
-
-    network = f"vagrant_network_{lab_network(resolve(lab, [E2E_LABS]).lab.chapter)}"
+def leftovers(env, lab: str) -> dict:
+    """The containers and networks of this home's instance of ``lab`` (never another home's)."""
+    mine = f"label=vmdock.instance={instance_id(env['VMDOCK_HOME'], lab)}"
     return {
-        "containers": docker_lines("ps", "-a", "--filter", f"label=vmdock.lab={lab}", "--format", "{{.Names}}"),
-        "networks": [n for n in docker_lines("network", "ls", "--format", "{{.Name}}") if n == network],
+        "containers": docker_lines("ps", "-a", "--filter", mine, "--format", "{{.Names}}"),
+        "networks": docker_lines("network", "ls", "--filter", mine, "--format", "{{.Name}}"),
     }
 
 
 def clean_start(env, lab: str, labs_dir: Path | None = None):
-    """Tolerate what an interrupted run left: destroy through vmdock, then by label."""
+    """Tolerate what an interrupted run left: destroy through vmdock, then by this home's instance label."""
     extra = ["--labs-dir", str(labs_dir)] if labs_dir else []
     vmdock(env, *extra, "destroy", lab, check=False)
-    ids = docker_lines("ps", "-aq", "--filter", f"label=vmdock.lab={lab}")
+    ids = docker_lines("ps", "-aq", "--filter", f"label=vmdock.instance={instance_id(env['VMDOCK_HOME'], lab)}")
     if ids:
         subprocess.run(["docker", "rm", "-f", "-v", *ids], check=True, capture_output=True)
 
@@ -109,7 +108,8 @@ def test_resume_after_failed_step(env, tmp_path):
         status = json.loads(vmdock(env, *args, "status", "resume-lab", "--json").stdout)[0]
         assert status["machines"]["box"]["state"] == "running" and status["phase"] == "provisioned"
         new = log.read_text(encoding="utf-8")[len(before):]
-        assert "docker ps -a --filter label=vmdock.lab=resume-lab" in new and "vagrant " not in new
+        inst = instance_id(env["VMDOCK_HOME"], "resume-lab")
+        assert f"docker ps -a --filter label=vmdock.instance={inst}" in new and "vagrant " not in new
         vmdock(env, *args, "status", "resume-lab", "--refresh")
         assert "vagrant status" in log.read_text(encoding="utf-8")[len(before) + len(new):]
 
@@ -124,7 +124,7 @@ def test_resume_after_failed_step(env, tmp_path):
         assert len(broken) == 1 and "'repaired'" in broken[0]["expected"] and "fixed" in broken[0]["seen"]
     finally:
         vmdock(env, *args, "destroy", "resume-lab", check=False)
-    assert leftovers("resume-lab")["containers"] == []
+    assert leftovers(env, "resume-lab")["containers"] == []
 
 
 def test_second_up_is_refused_while_one_runs(env, tmp_path):
@@ -206,7 +206,7 @@ def test_lab_image_then_up_from_it_and_reset(env, tmp_path):
         mine = [r for r in listed if r["lab"] == "resume-lab"]
         assert [r["machine"] for r in mine] == ["box"] and mine[0]["provider"] == "docker" and mine[0]["size"] > 0
         vmdock(env, *args, "destroy", "resume-lab")
-        assert leftovers("resume-lab")["containers"] == []
+        assert leftovers(env, "resume-lab")["containers"] == []
         assert docker_lines("images", "-q", "--filter", "label=vmdock.lab=resume-lab")  # destroy keeps it
 
         up = vmdock(env, *args, "up", "resume-lab")
@@ -225,4 +225,4 @@ def test_lab_image_then_up_from_it_and_reset(env, tmp_path):
     finally:
         vmdock(env, *args, "destroy", "resume-lab", check=False)
         remove_lab_images("resume-lab")
-    assert leftovers("resume-lab")["containers"] == []
+    assert leftovers(env, "resume-lab")["containers"] == []

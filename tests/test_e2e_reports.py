@@ -86,6 +86,6 @@ def test_a_failing_step_secrets_ssh_and_vmdock_test(env, tmp_path):
         suite = ET.parse(junit).getroot().find("testsuite")
         assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("2", "0", "0")
         assert "2 passed, 0 failed" in tested.stdout and f"{LAB}: destroyed" in tested.stderr
-        assert leftovers(LAB)["containers"] == []
+        assert leftovers(env, LAB)["containers"] == []
     finally:
         vmdock(env, *args, "destroy", LAB, check=False)

@@ -5,12 +5,13 @@ against Vagrant's): the real thing runs in tests/test_e2e.py.
 """
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 import yaml
 
-from vmdock import labimages
+from vmdock import hostscan, labimages, seats
 from vmdock.classroom import Classroom
 from vmdock.driver import SshConfig
 from vmdock.engine import Engine
@@ -151,7 +152,13 @@ def fake_provider(world: World, base: type):
         def ssh_configs(self, lab, machines, log):
             return None  # ask "Vagrant" (the fake driver)
 
-        def native_status(self, lab, machines, log=None):
+        def machines(self, inst, log):
+            return []  # no machine Vagrant does not know
+
+        def prepare_network(self, seat, log):
+            world.calls.append("network")
+
+        def native_status(self, inst, machines, log=None):
             world.calls.append("native")
             if world.native_wrong:
                 return {m: RUNNING for m in machines}
@@ -164,6 +171,8 @@ def fake_provider(world: World, base: type):
 def setup(tmp_path, monkeypatch):
     monkeypatch.setenv("VMDOCK_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("VMDOCK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("VMDOCK_HOST_DIR", str(tmp_path / "host"))
+    monkeypatch.setattr(hostscan, "host_networks", lambda log: [])  # the host's own are another test's
     labs = tmp_path / "labs"
     folder = labs / LAB["name"]
     folder.mkdir(parents=True)
@@ -279,11 +288,34 @@ def test_changed_settings_reload_vms(setup):
     assert step_names(world2) == []
 
 
+def test_a_taken_host_port_refuses_up_before_anything_changes(setup):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # free now
+    lab = dict(LAB, machines=[{"name": "web", "forwarded_ports": [{"guest": 80, "host": port}]}, {"name": "db"}])
+    engine, world, _ = setup(lab=lab)
+    engine.up("ch97-engine")
+    assert engine.status("ch97-engine")[0]["ports"][0]["host"] == port
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port + 7))
+        holder.listen()
+        world.calls.clear()
+        engine.settings = Settings(provider="docker", port_offset=7)
+        taken = rf"127\.0\.0\.1:{port + 7} is in use, held by a process on this host"
+        with pytest.raises(seats.PortsTaken, match=taken):
+            engine.up("ch97-engine")
+    assert world.calls == ["native"]  # no destroy, no up: the machines stay as they were
+    row = engine.status("ch97-engine")[0]
+    assert row["phase"] == "provisioned" and row["port_offset"] == 0 and "taken" in row["last_error"]["message"]
+    engine.up("ch97-engine")  # the port is free again: the offset applies (a container is made anew)
+    assert engine.status("ch97-engine")[0]["ports"][0]["host"] == port + 7 and "destroy" in world.calls
+
+
 def test_vagrant_is_asked_when_the_provider_disagrees_with_the_state(setup):
     engine, world, _ = setup()
     world.native_wrong = True  # says running, but nothing was ever created
     engine.up("ch97-engine")
-    assert world.calls[:3] == ["native", "status", "up"]
+    assert world.calls[:4] == ["native", "status", "network", "up"]
 
 
 def test_destroy_forgets_the_machines(setup):
@@ -292,7 +324,7 @@ def test_destroy_forgets_the_machines(setup):
     world.leftovers = ["cleaned"]
     removed = engine.destroy("ch97-engine")
     # the fake provider has no quick way (destroy → None): Vagrant destroys
-    assert removed == ["machines (docker)", "cleaned"] and "destroy" in world.calls
+    assert removed == ["machines (docker)", "cleaned", "network lease 192.168.56.0/28"] and "destroy" in world.calls
     state = engine.lab("ch97-engine").state()
     assert state.phase is Phase.DESTROYED and state.machines == {} and state.plan == []
     assert not (world.root / "Vagrantfile").exists() and not (world.root / ".vagrant").exists()

@@ -405,7 +405,9 @@ def test_render_builds_nothing(tmp_path):
     assert "--cap-drop=SYS_RESOURCE" in vagrantfile or "--privileged" in vagrantfile
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
     log_text = "".join(p.read_text() for p in (tmp_path / "home").rglob("*.log"))
-    assert "$ docker" not in log_text and "debootstrap" not in log_text
+    # it may look at the host's networks (the lab's is chosen and leased), never make anything
+    assert not re.search(r"\$ docker (build|run|create|import|commit|pull|load|network create)", log_text)
+    assert "debootstrap" not in log_text
     assert seconds < 30, seconds
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
 from vmdock import paths
 from vmdock.loader import discover
+from vmdock.seats import Instance
 
 from .test_e2e import clean_start, docker_lines, env, leftovers, vmdock  # noqa: F401  (env is a fixture)
 
@@ -50,12 +52,13 @@ def test_offline_lab(env, shipped_lab, tmp_path, record_property):  # noqa: F811
     assert status["phase"] == "provisioned"
     assert all(m["state"] == "running" for m in status["machines"].values())
 
-    machines = docker_lines("ps", "-aq", "--filter", f"label=vmdock.lab={lab}")
+    inst = Instance(Path(env["VMDOCK_HOME"]), lab)
+    machines = docker_lines("ps", "-aq", "--filter", f"label=vmdock.instance={inst.id}")
     volumes = set(docker_lines("inspect", "-f", '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}}\n{{end}}{{end}}',
                                *machines))
     destroyed = vmdock(env, "destroy", lab)
     assert "destroyed" in destroyed.stdout
-    assert leftovers(lab) == {"containers": [], "networks": []}
+    assert leftovers(env, lab) == {"containers": [], "networks": []}
     for _ in range(300):  # the machines' volumes (the inner Docker's data) are deleted in the background
         if not volumes & set(docker_lines("volume", "ls", "-q")):
             break

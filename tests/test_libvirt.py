@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from vmdock.seats import Instance
+
 pytestmark = [pytest.mark.e2e, pytest.mark.libvirt]
 
 HERE = Path(__file__).resolve().parent
@@ -89,11 +91,12 @@ def vmdock(env, *args, check=True, timeout=2400):
     return proc
 
 
-def leftovers() -> dict:
+def leftovers(env) -> dict:
+    inst = Instance(Path(env["VMDOCK_HOME"]), LAB)  # its domains, disks and network carry its id
     return {
-        "domains": [d for d in _virsh("list", "--all", "--name") if d.startswith(f"vmdock-{LAB}-")],
-        "volumes": [v.split()[0] for v in _virsh("vol-list", "default")[2:] if v.startswith(f"vmdock-{LAB}-")],
-        "networks": [n for n in _virsh("net-list", "--all", "--name") if n.startswith(LAB)],
+        "domains": [d for d in _virsh("list", "--all", "--name") if d.startswith(inst.prefix)],
+        "volumes": [v.split()[0] for v in _virsh("vol-list", "default")[2:] if v.startswith(inst.prefix)],
+        "networks": [n for n in _virsh("net-list", "--all", "--name") if n == inst.network_name],
     }
 
 
@@ -120,7 +123,7 @@ def test_lab_in_a_real_vm(env, tmp_path, libvirt_box):
         full_up = time.monotonic() - start
         assert "libvirt" in up.stdout + up.stderr
         assert "libvirt domain type" in up.stderr, up.stderr  # the KVM/TCG choice is reported
-        assert leftovers()["domains"] == [f"vmdock-{LAB}-vm"]
+        assert leftovers(env)["domains"] == [Instance(Path(env["VMDOCK_HOME"]), LAB).machine_name("vm")]
         assert_verified(env, args)
         # a second `up` finds everything done
         again = vmdock(env, *args, "up", LAB)
@@ -132,7 +135,7 @@ def test_lab_in_a_real_vm(env, tmp_path, libvirt_box):
     finally:
         vmdock(env, *args, "destroy", LAB, check=False)
         remove_lab_image(env)
-    assert leftovers() == {"domains": [], "volumes": [], "networks": []}
+    assert leftovers(env) == {"domains": [], "volumes": [], "networks": []}
     assert not lab_image_volumes()
 
 
@@ -149,7 +152,7 @@ def lab_image_round_trip(env, args) -> float:
     assert [(r["machine"], r["provider"]) for r in rows] == [("vm", "libvirt")], rows
     assert_verified(env, args)  # the machine runs on after its capture
     vmdock(env, *args, "destroy", LAB)
-    assert leftovers()["domains"] == []
+    assert leftovers(env)["domains"] == []
     assert lab_image_volumes(), "destroy keeps the lab image's pool volume"
 
     start = time.monotonic()

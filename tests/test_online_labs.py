@@ -34,6 +34,8 @@ from vmdock.model import CommandCheck
 from vmdock.render import RenderOptions, machine_ips, render
 from vmdock.settings import Settings
 
+from .seating import SEAT_SUBNET, seat_of
+
 ONLINE_LABS = ["ch7-dlnnm", "ch11-hadoop", "ch16-kubernetes", "ch17-shipyard"]
 CLOSED_PROBE = "http://127.0.0.1:9/v2/"  # the discard port on loopback: nothing listens
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,9 +104,9 @@ def test_renders_for_every_provider(name, provider):
         if provider == "docker"
         else RenderOptions(provider, {"domain_type": "qemu"})
     )
-    text = render(loaded, opts)
+    text = render(loaded, opts, seat_of(loaded))
     assert len(re.findall(r"\bconfig\.vm\.define\b", text)) == len(loaded.lab.machines)
-    for m, ip in machine_ips(loaded).items():
+    for m, ip in machine_ips(loaded, SEAT_SUBNET).items():
         assert re.search(rf'config\.vm\.define\s*\(?\s*"{m}"', text), m
         assert f'"{ip}"' in text
     for m in loaded.lab.machines:

@@ -48,8 +48,8 @@ VIRSH_LIST = """\
 def test_virsh_list_states():
     states = domain_states(VIRSH_LIST)
     assert states == {"vmdock-ch6-lamp-web": RUNNING, "vmdock-ch6-lamp-db": "shutoff", "other": "paused"}
-    assert states.get(domain_name("ch6-lamp", "cache"), NOT_CREATED) == NOT_CREATED
-    assert domain_name("ch6 lamp", "we/b") == "vmdock-ch6lamp-web"  # as vagrant-libvirt cleans it
+    assert states.get(domain_name("vmdock-ch6-lamp-", "cache"), NOT_CREATED) == NOT_CREATED
+    assert domain_name("vmdock-0a1b2c-ch6 lamp-", "we/b") == "vmdock-0a1b2c-ch6lamp-web"  # as vagrant-libvirt cleans it
 
 
 def test_vboxmanage_state():

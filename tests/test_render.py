@@ -29,6 +29,8 @@ from vmdock.loader import LoadedLab, load_lab
 from vmdock.model import ForwardedPort, Lab, Machine
 from vmdock.ruby import ruby, ruby_string
 
+from .seating import SEAT_SUBNET, seat_of
+
 RUBY = shutil.which("ruby")
 VAGRANT = shutil.which("vagrant")
 needs_ruby = pytest.mark.skipif(not RUBY, reason="ruby is not installed")
@@ -374,25 +376,31 @@ def alpha() -> LoadedLab:
 
 @needs_ruby
 def test_docker_render_of_fixture_lab(tmp_path, alpha):
-    text = render.render(alpha, docker_opts(create_args=("--privileged", "--cgroupns=host")))
+    text = render.render(alpha, docker_opts(create_args=("--privileged", "--cgroupns=host")), seat_of(alpha))
     rec = run_vagrantfile(tmp_path, text)
     assert rec.sets[("config", "ssh", "insert_key")] is False
     assert rec.machines() == ["web", "db"]
     define = [(a, kw) for p, a, kw in rec.calls if p == ("config", "vm", "define")]
     assert define == [(["web"], {"primary": True}), (["db"], {})]
-    ips = render.machine_ips(alpha)
+    seat = seat_of(alpha)
+    inst = seat.instance
+    ips = render.machine_ips(alpha, SEAT_SUBNET)
+    assert ips == {"web": "192.168.56.18", "db": "192.168.56.19"}
     for name in ("web", "db"):
         assert rec.node(name, "hostname") == f"ch91-alpha-{name}"
         nets = rec.node_calls(name, "network")
-        # the docker provider takes a prefix length, VirtualBox and libvirt a dotted mask
-        assert nets[0] == (["private_network"], {"ip": ips[name], "netmask": 28})
+        # the docker provider takes a prefix length, VirtualBox and libvirt a dotted mask; the
+        # network vmdock made for the instance is joined by name
+        network = {"ip": ips[name], "netmask": 28, "name": f"vmdock-{inst.id}-ch91-alpha"}
+        assert nets[0] == (["private_network"], network)
         d = rec.provider(name, "docker")
         assert d == {
             "image": "vmdock/fake-machine:test",
-            "name": f"vmdock-ch91-alpha-{name}",
+            "name": f"vmdock-{inst.id}-ch91-alpha-{name}",
             "has_ssh": True,
             "remains_running": True,
-            "create_args": ["--privileged", "--cgroupns=host", "--label", "vmdock.lab=ch91-alpha",
+            "create_args": ["--privileged", "--cgroupns=host", "--label", f"vmdock.instance={inst.id}",
+                            "--label", f"vmdock.home={inst.home}", "--label", "vmdock.lab=ch91-alpha",
                             "--label", f"vmdock.machine={name}"],
         }
         assert ("config", "vm", ("define", name), "vm", "box") not in rec.sets  # docker: no box
@@ -404,12 +412,22 @@ def test_docker_render_of_fixture_lab(tmp_path, alpha):
 
 
 @needs_ruby
+def test_the_port_offset_moves_the_host_ports_only(tmp_path, alpha):
+    rec = run_vagrantfile(tmp_path, render.render(alpha, docker_opts(), seat_of(alpha, offset=1000)))
+    assert rec.node_calls("web", "network")[1] == (
+        ["forwarded_port"], {"guest": 80, "host": 9091, "host_ip": "127.0.0.1", "protocol": "tcp"}
+    )
+    with pytest.raises(LabError, match=r"forwarded_ports\[0\]\.host: 8091 \+ port offset 60000 = 68091"):
+        render.render(alpha, docker_opts(), seat_of(alpha, offset=60000))
+
+
+@needs_ruby
 @pytest.mark.parametrize("provider", ["virtualbox", "libvirt"])
 def test_vm_render_of_fixture_lab(tmp_path, alpha, provider, monkeypatch):
     monkeypatch.delenv("VMDOCK_BOX_URL_DEBIAN12", raising=False)
     # a Vagrant with no boxes: the catalog's name, whatever this host has registered
     monkeypatch.setenv("VAGRANT_HOME", str(tmp_path / "vagrant-home"))
-    text = render.render(alpha, render.RenderOptions(provider, {"domain_type": "qemu"}))
+    text = render.render(alpha, render.RenderOptions(provider, {"domain_type": "qemu"}), seat_of(alpha))
     rec = run_vagrantfile(tmp_path, text)
     box = render.boxes_catalog()["debian12"][provider]
     for name, cpus, memory in (("web", 1, 512), ("db", 2, 1024)):
@@ -417,14 +435,18 @@ def test_vm_render_of_fixture_lab(tmp_path, alpha, provider, monkeypatch):
         assert ("config", "vm", ("define", name), "vm", "box_url") not in rec.sets
         # the hostname is only set when the lab sets one (a guest round trip under emulation)
         assert ("config", "vm", ("define", name), "vm", "hostname") not in rec.sets
-        ip = render.machine_ips(alpha)[name]
-        assert rec.node_calls(name, "network")[0] == (["private_network"], {"ip": ip, "netmask": "255.255.255.240"})
+        ip = render.machine_ips(alpha, SEAT_SUBNET)[name]
+        inst = seat_of(alpha).instance
+        net = {"ip": ip, "netmask": "255.255.255.240"}
+        if provider == "libvirt":  # vagrant-libvirt makes the network under the instance's name
+            net["libvirt__network_name"] = f"vmdock-{inst.id}-ch91-alpha"
+        assert rec.node_calls(name, "network")[0] == (["private_network"], net)
         p = rec.provider(name, provider)
         assert p["cpus"] == cpus and p["memory"] == memory
         if provider == "libvirt":
-            assert p["driver"] == "qemu" and p["default_prefix"] == "vmdock-ch91-alpha-"
+            assert p["driver"] == "qemu" and p["default_prefix"] == f"vmdock-{inst.id}-ch91-alpha-"
         else:
-            assert p["name"] == f"vmdock-ch91-alpha-{name}" and p["linked_clone"] is True
+            assert p["name"] == f"vmdock-{inst.id}-ch91-alpha-{name}" and p["linked_clone"] is True
 
 
 @needs_ruby
@@ -447,7 +469,7 @@ def test_hostile_strings_through_the_loader(tmp_path):
     lab = make_lab_folder(tmp_path / "labs" / "ch91-hostile", data)
     assert lab.lab.description == "\n".join(printable)  # YAML kept them too
     for provider, opts in (("docker", docker_opts()), ("virtualbox", render.RenderOptions("virtualbox"))):
-        rec = run_vagrantfile(tmp_path / provider, render.render(lab, opts))
+        rec = run_vagrantfile(tmp_path / provider, render.render(lab, opts, seat_of(lab)))
         forwards = [kw for args, kw in rec.node_calls("web", "network") if args == ["forwarded_port"]]
         assert [kw["host_ip"] for kw in forwards] == addresses, provider
         assert [kw["host"] for kw in forwards] == [8000 + i for i in range(len(addresses))]
@@ -480,7 +502,8 @@ def _render_hostile_names(tmp_path: Path, strings: list[str]) -> None:
     evil_name = HOSTILE[0] + "\n" + HOSTILE[1]
     lab = Lab.model_construct(name=evil_name, chapter=91, title=HOSTILE[2], machines=machines, steps=[], checks=[])
     opts = docker_opts(image=HOSTILE[0], create_args=tuple(HOSTILE))
-    rec = run_vagrantfile(tmp_path, render.render(loaded(lab, tmp_path), opts))
+    hostile = loaded(lab, tmp_path)
+    rec = run_vagrantfile(tmp_path, render.render(hostile, opts, seat_of(hostile)))
     names = [m.name for m in machines]
     assert rec.machines() == names
     for m in machines:
@@ -489,13 +512,15 @@ def _render_hostile_names(tmp_path: Path, strings: list[str]) -> None:
         assert fwd == (["forwarded_port"], {"guest": 1, "host": 2, "host_ip": m.name, "protocol": m.name})
         d = rec.provider(m.name, "docker")
         assert d["image"] == HOSTILE[0]
-        assert d["name"] == f"vmdock-{evil_name}-{m.name}"
-        labels = ["--label", f"vmdock.lab={evil_name}", "--label", f"vmdock.machine={m.name}"]
+        inst = seat_of(hostile).instance
+        assert d["name"] == f"vmdock-{inst.id}-{evil_name}-{m.name}"
+        labels = ["--label", f"vmdock.instance={inst.id}", "--label", f"vmdock.home={inst.home}",
+                  "--label", f"vmdock.lab={evil_name}", "--label", f"vmdock.machine={m.name}"]
         assert d["create_args"] == [*HOSTILE, *labels]
     # the libvirt branch carries the driver and the prefix
-    rec = run_vagrantfile(tmp_path / "lv", render.render(loaded(lab, tmp_path), libvirt_opts(HOSTILE[1])))
+    rec = run_vagrantfile(tmp_path / "lv", render.render(hostile, libvirt_opts(HOSTILE[1]), seat_of(hostile)))
     p = rec.provider(names[0], "libvirt")
-    assert p["driver"] == HOSTILE[1] and p["default_prefix"] == f"vmdock-{evil_name}-"
+    assert p["driver"] == HOSTILE[1] and p["default_prefix"] == f"vmdock-{seat_of(hostile).instance.id}-{evil_name}-"
 
 
 @needs_ruby
@@ -504,7 +529,7 @@ def test_hostile_box_url_from_the_environment(tmp_path, alpha, monkeypatch, prov
     url = "file:///boxes/" + "|".join(h for h in HOSTILE if "\x00" not in h)  # no NUL in an environment
     for i, s in enumerate((url, url + "/latin1-\udce9\udcff")):  # os.environ holds non-UTF-8 bytes so
         monkeypatch.setenv("VMDOCK_BOX_URL_DEBIAN12", s)
-        text = render.render(alpha, render.RenderOptions(provider, {"domain_type": "kvm"}))
+        text = render.render(alpha, render.RenderOptions(provider, {"domain_type": "kvm"}), seat_of(alpha))
         rec = run_vagrantfile(tmp_path / str(i), text)
         assert rec.node("web", "box_url") == s
         assert rec.node("db", "box_url") == s
@@ -537,9 +562,9 @@ def test_hostile_lab_folder_path(tmp_path):
     assert 'system("touch /tmp/pwned")' in str(folder) and "#{`touch /tmp/pwned`}" in str(folder)
     lab = _copy_alpha(folder, synced_folder=True)
     assert lab.folder == folder.resolve()
-    text = render.render(lab, docker_opts())
+    text = render.render(lab, docker_opts(), seat_of(lab))
     plain = _copy_alpha(tmp_path / "plain" / "ch91-alpha", synced_folder=True)
-    assert text.count("\n") == render.render(plain, docker_opts()).count("\n")
+    assert text.count("\n") == render.render(plain, docker_opts(), seat_of(plain)).count("\n")
     rec = run_vagrantfile(tmp_path, text)
     for name in ("web", "db"):
         assert rec.node_calls(name, "synced_folder") == [([str(folder), "/vagrant"], {})]
@@ -578,7 +603,7 @@ def test_real_vagrant_validates_a_hostile_docker_render(tmp_path, vagrant_valida
     """Vagrant checks a synced folder's host path exists: it passes only if Ruby saw the exact bytes."""
     folder = hostile_folder(tmp_path)
     lab = _copy_alpha(folder, synced_folder=True)
-    text = render.render(lab, docker_opts(create_args=tuple(HOSTILE[:8])))
+    text = render.render(lab, docker_opts(create_args=tuple(HOSTILE[:8])), seat_of(lab))
     work = tmp_path / "vagrant"
     work.mkdir()
     before = PWNED.exists()
@@ -599,28 +624,22 @@ def test_real_vagrant_validates_a_hostile_docker_render(tmp_path, vagrant_valida
 
 def test_unknown_provider_and_missing_image(alpha):
     with pytest.raises(ConfigError, match="unknown provider 'vmware'"):
-        render.render(alpha, render.RenderOptions("vmware"))
+        render.render(alpha, render.RenderOptions("vmware"), seat_of(alpha))
     with pytest.raises(ConfigError, match="needs a machine image"):
-        render.render(alpha, render.RenderOptions("docker"))
+        render.render(alpha, render.RenderOptions("docker"), seat_of(alpha))
     with pytest.raises(ConfigError, match="needs a domain type"):
-        render.render(alpha, render.RenderOptions("libvirt"))
+        render.render(alpha, render.RenderOptions("libvirt"), seat_of(alpha))
 
 
 def test_unknown_box_and_missing_provider_version(alpha, monkeypatch):
     monkeypatch.setattr(render, "boxes_catalog", lambda: {"debian12": {"virtualbox": "debian/bookworm64"}})
     with pytest.raises(LabError, match=r"machines\[0\]\.box: box 'debian12' has no libvirt version"):
-        render.render(alpha, libvirt_opts())
+        render.render(alpha, libvirt_opts(), seat_of(alpha))
     monkeypatch.setattr(render, "boxes_catalog", lambda: {"other": {}})
     with pytest.raises(LabError, match=r"lab\.yaml: machines\[0\]\.box: unknown box 'debian12' \(boxes: other\)"):
-        render.render(alpha, render.RenderOptions("virtualbox"))
+        render.render(alpha, render.RenderOptions("virtualbox"), seat_of(alpha))
     # the docker provider builds its own machine image: no box needed
-    render.render(alpha, docker_opts())
-
-
-def test_lab_networks_do_not_overlap_and_stay_in_the_virtualbox_range():
-    nets = [render.lab_network(ch) for ch in range(1, 100)]
-    assert len(set(nets)) == len(nets)
-    assert all(n.subnet_of(render.NETWORK_POOL) for n in nets)
+    render.render(alpha, docker_opts(), seat_of(alpha))
 
 
 def test_machine_ips_skip_the_gateway_and_refuse_too_many_machines(tmp_path):
@@ -629,22 +648,22 @@ def test_machine_ips_skip_the_gateway_and_refuse_too_many_machines(tmp_path):
                                           "machines": [{"name": f"m{i}x"} for i in range(n)]}), tmp_path)
 
     # a /28 has 14 host addresses and the first is the gateway: 13 machines
-    ips = render.machine_ips(lab_with(13))
-    net = render.lab_network(9)
-    hosts = [str(h) for h in net.hosts()]
+    ips = render.machine_ips(lab_with(13), SEAT_SUBNET)
+    hosts = [str(h) for h in SEAT_SUBNET.hosts()]
     assert list(ips.values()) == hosts[1:14]
     assert hosts[0] not in ips.values()
     # the schema refuses a 14th machine; render does not rely on that
     machines = [Machine.model_construct(name=f"m{i}x") for i in range(14)]
     with pytest.raises(LabError, match="machines: at most 13 machines"):
-        render.machine_ips(loaded(Lab.model_construct(name="ch9-x", chapter=9, title="t", machines=machines), tmp_path))
+        render.machine_ips(loaded(Lab.model_construct(name="ch9-x", chapter=9, title="t", machines=machines), tmp_path),
+                           SEAT_SUBNET)
 
 
 def test_default_hostname_is_cut_to_63_characters(tmp_path):
     long = "a" * 32
     spec = {"name": long, "chapter": 9, "title": "t", "machines": [{"name": "b" * 32}]}
     lab = loaded(Lab.model_validate(spec), tmp_path)
-    text = render.render(lab, docker_opts())
+    text = render.render(lab, docker_opts(), seat_of(lab))
     assert f'node.vm.hostname = "{(long + "-" + "b" * 32)[:63]}"' in text
 
 
@@ -658,4 +677,4 @@ def test_write_atomic(tmp_path):
 
 
 def test_render_is_deterministic(alpha):
-    assert render.render(alpha, docker_opts()) == render.render(alpha, docker_opts())
+    assert render.render(alpha, docker_opts(), seat_of(alpha)) == render.render(alpha, docker_opts(), seat_of(alpha))

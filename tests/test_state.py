@@ -21,6 +21,8 @@ from vmdock.runlog import Log
 from vmdock.settings import Settings
 from vmdock.state import LabState, fingerprint, hash_paths, lab_lock
 
+from .seating import SEAT_SUBNET
+
 GOOD = Path(__file__).resolve().parent / "labs" / "good"
 
 
@@ -296,7 +298,7 @@ def plan_ctx(tmp_path, monkeypatch):
             state=st,
             settings=settings or Settings(),
             log=Log(tmp_path / "home" / "vmdock.log"),
-            ips=render.machine_ips(loaded),
+            ips=render.machine_ips(loaded, SEAT_SUBNET),
             base_tarball=None,
             base_cache=tmp_path / "cache" / "rootfs.tar",
         )

@@ -24,6 +24,8 @@ from vmdock import paths
 from vmdock.loader import load_lab
 from vmdock.render import RenderOptions, render
 
+from .seating import seat_of
+
 LAB_FOLDERS = sorted(p.parent for p in paths.LABS_DIR.glob("*/lab.yaml"))
 PROVIDERS = ("virtualbox", "libvirt")
 NO_PLUGIN = "vagrant-libvirt is not installed: run scripts/host-setup.sh --libvirt"
@@ -61,7 +63,7 @@ def validated(tmp_path_factory):
                     results[(folder.name, provider)] = (f"the lab does not load: {exc}", None)
                 continue
             for provider in PROVIDERS:
-                text = render(loaded, RenderOptions(provider, {"domain_type": "qemu"}))
+                text = render(loaded, RenderOptions(provider, {"domain_type": "qemu"}), seat_of(loaded))
                 where = root / f"{folder.name}-{provider}"
                 where.mkdir()
                 (where / "Vagrantfile").write_text(text, encoding="utf-8")

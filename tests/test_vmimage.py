@@ -22,6 +22,8 @@ from vmdock.labimages import LabImage
 from vmdock.loader import load_lab
 from vmdock.render import RenderOptions, render
 
+from .seating import seat_of
+
 FP = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
 
@@ -142,7 +144,7 @@ def test_vagrantfile_from_a_lab_image_names_its_box_and_version(vagrant_home, la
     _lab_image(vagrant_home, provider)
     values = {"domain_type": "qemu"} if provider == "libvirt" else {}
     values["lab_boxes"] = vmcapture.lab_boxes({"vm": TAG})
-    text = render(lab, RenderOptions(provider, values))
+    text = render(lab, RenderOptions(provider, values), seat_of(lab))
     vm, other = text.split('config.vm.define "other"')
     assert 'node.vm.box = "vmdock/img-lab-vm"' in vm
     assert 'node.vm.box_version = "20261130100000.7"' in vm and "node.vm.box_check_update = false" in vm

@@ -111,7 +111,7 @@ class Classroom:
             )
             self.events.task(f"capture {machine}")
             t0 = time.monotonic()
-            provider.capture(home.loaded, machine, image.tag, image.labels(), home.log)
+            provider.capture(home.instance, machine, image.tag, image.labels(), home.log)
             self.events.task_done(f"capture {machine} → {image.tag}", time.monotonic() - t0)
             made.append(image)
         # the machines are now what these images hold: `reset` goes back to them

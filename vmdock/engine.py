@@ -10,13 +10,14 @@ used, so `vmdock list` and `vmdock status` stay quick.
 """
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import paths, providers
+from . import paths, preflight, providers, seats
 from .driver import machine_id
 from .errors import CommandError, StateError, VmdockError
 from .events import Events
@@ -99,11 +100,17 @@ class Engine:
         self.events.info(f"provider: {why}")
         return provider
 
-    def _vagrantfile(self, home: LabHome, provider: Provider, *, build: bool, lab_images: dict | None = None) -> str:
+    def _vagrantfile(self, home: LabHome, provider: Provider, seat: seats.Seat, *, build: bool,
+                     lab_images: dict | None = None) -> str:
         from .render import RenderOptions, render
 
         values = provider.render_options(home.loaded, home.log, self.events, build=build, lab_images=lab_images)
-        return render(home.loaded, RenderOptions(provider.name, values))
+        return render(home.loaded, RenderOptions(provider.name, values), seat)
+
+    def port_offset(self, name: str) -> int:
+        """The seat's port offset: as the settings say, else as the lab's state recorded it."""
+        offset = self.settings.port_offset
+        return self.lab(name).state().port_offset if offset is None else offset
 
     def render(self, name: str) -> Path:
         """Write the Vagrantfile; never builds anything (the machine image is built by `up`)."""
@@ -113,7 +120,9 @@ class Engine:
         with lab_lock(home.home, home.name, "render"):
             state = home.state()
             provider = self.choose_provider(home, state)
-            write_atomic(home.vagrantfile, self._vagrantfile(home, provider, build=False, lab_images=state.lab_images))
+            seat = preflight.claim_seat(home, state, self.settings.port_offset)
+            text = self._vagrantfile(home, provider, seat, build=False, lab_images=state.lab_images)
+            write_atomic(home.vagrantfile, text)
         return home.vagrantfile
 
     # -- up ---------------------------------------------------------------------
@@ -143,16 +152,18 @@ class Engine:
                     "command": exc.command,
                     "exit_code": exc.exit_code,
                     "stderr_tail": exc.stderr_tail,
-                })
+                }, refused=isinstance(exc, seats.PortsTaken))
                 raise
             except KeyboardInterrupt:
                 self._failed(home, state, {"message": "interrupted (Ctrl-C)"})
                 raise
 
     @staticmethod
-    def _failed(home: LabHome, state: LabState, error: dict) -> None:
+    def _failed(home: LabHome, state: LabState, error: dict, *, refused: bool = False) -> None:
+        """Record the error; ``refused``: nothing was changed, the lab stays in its phase."""
         state.last_error = error
-        state.move(Phase.FAILED)
+        if not refused:
+            state.move(Phase.FAILED)
         state.save()
         home.log.event(f"failed: {error['message']}")
 
@@ -162,6 +173,7 @@ class Engine:
 
         refuse_fewer_steps(home, state, limit)
         provider = self.choose_provider(home, state)
+        seat = preflight.claim_seat(home, state, self.settings.port_offset)  # the plan needs its addresses
         seeds = {}
         if use_images and not state.machines and provider.supports_lab_images:
             from .classroom import Classroom
@@ -170,8 +182,16 @@ class Engine:
         if not use_images and not state.machines:
             state.lab_images = {}
         lab_images = {m: image.tag for m, image in seeds.items()} or state.lab_images
-        text = self._vagrantfile(home, provider, build=True, lab_images=lab_images)
+        text = self._vagrantfile(home, provider, seat, build=True, lab_images=lab_images)
+        if not home.vagrantfile.exists():
+            write_atomic(home.vagrantfile, text)  # nothing to compare with; `vagrant status` reads it
+        driver = self.driver(home, provider.name)
+        preflight.remove_orphans(home, provider, self.events.info)
+        statuses = self.machine_states(home, state, provider, driver)
+        recreated = provider.on_settings_changed == "recreate" and home.vagrantfile.read_text(encoding="utf-8") != text
+        preflight.before_up(home, provider, seat, statuses, recreated)
         changed = write_atomic(home.vagrantfile, text)
+        state.port_offset = seat.port_offset
         state.provider = provider.name
         state.lab_folder = str(home.loaded.folder)
         state.lab_images = dict(lab_images)
@@ -181,13 +201,12 @@ class Engine:
 
         self.events.task("machines")
         t0 = time.monotonic()
-        driver = self.driver(home, provider.name)
-        ids, boots, down = self._boot(home, state, provider, driver, settings_changed=changed)
+        ids, boots, down = self._boot(home, state, provider, driver, statuses, seat=seat, settings_changed=changed)
         origins = {m: state.machines.get(m, {}).get("origin") for m in ids}
         if seeds:
             snapshot = next(iter(seeds.values())).state
             for m in ids:
-                provider.restore(home.loaded, m, home.log)
+                provider.restore(home.instance, m, home.log)
                 origins[m], boots[m] = snapshot["machines"][m]["origin"], snapshot["machines"][m]["boots"]
             state.steps = dict(snapshot["steps"])
             state.exports.update(snapshot.get("exports", {}))
@@ -195,7 +214,7 @@ class Engine:
         if seeds or down or set(state.machines) != set(ids) or any(
             rec.get("id") != ids[m] or "ssh" not in rec for m, rec in state.machines.items()
         ):
-            configs = provider.ssh_configs(home.loaded, list(ids), home.log) or driver.ssh_config()
+            configs = provider.ssh_configs(home.instance, list(ids), home.log) or driver.ssh_config()
             missing = [m for m in ids if m not in configs]
             if missing:
                 raise CommandError(
@@ -217,9 +236,9 @@ class Engine:
         state.save()
         return UpResult(home.name, provider.name, ran, total - ran, time.monotonic() - start)
 
-    def _boot(self, home: LabHome, state: LabState, provider: Provider, driver, *, settings_changed: bool):
-        """Bring every machine up: (machine ids, boot counts, the machines that were down)."""
-        statuses = self.machine_states(home, state, provider, driver)
+    def _boot(self, home: LabHome, state: LabState, provider: Provider, driver, statuses: dict[str, str], *,
+              seat: seats.Seat, settings_changed: bool):
+        """Bring every machine up from ``statuses``: (machine ids, boot counts, the machines that were down)."""
         created = [m for m, st in statuses.items() if st != NOT_CREATED]
         if settings_changed and created and state.machines:
             # The machines' settings (ports, memory, box, image) changed since they were made.
@@ -243,6 +262,8 @@ class Engine:
                     self.events.info(f"vagrant up failed on a race ({provider.name}): once more")
                     driver.up()
             except CommandError as exc:
+                if "already in use" in (exc.stderr_tail or ""):  # taken since the preflight: say by whom
+                    preflight.ports(home, home.loaded.lab.machines, seat)
                 if provider.up_hint and not exc.hint:
                     exc.hint = provider.up_hint
                 raise
@@ -261,7 +282,7 @@ class Engine:
         """Machine → Vagrant state: the provider's own answer when it agrees with the state
         file and with Vagrant's machine folders, else (or with ``refresh``) `vagrant status`."""
         names = home.machine_names
-        native = None if refresh else provider.native_status(home.name, names, home.log)
+        native = None if refresh else provider.native_status(home.instance, names, home.log)
         if native is not None:
             disagree = [
                 m for m in names
@@ -315,13 +336,15 @@ class Engine:
         from .provision import Context
         from .render import machine_ips
 
+        if not state.network:
+            raise StateError("the lab has no network yet", lab=home.name, hint=f"`vmdock up {home.name}`")
         cache = rootfs.rootfs_path()
         return Context(
             loaded=home.loaded,
             state=state,
             settings=self.settings,
             log=home.log,
-            ips=machine_ips(home.loaded),
+            ips=machine_ips(home.loaded, ipaddress.IPv4Network(state.network)),
             base_tarball=cache if cache.exists() else None,
             base_cache=cache,
         )
@@ -419,7 +442,9 @@ class Engine:
             # what Vagrant left; with no provider on record, whatever any provider may have left
             leftovers = [self.provider_of(state)] if state.provider else [providers.get(p) for p in providers.NAMES]
             for provider in leftovers:
-                removed += provider.cleanup(home.loaded, home.log)
+                removed += provider.cleanup(home.instance, home.log)
+            with seats.host_lock(f"giving back {home.name}'s network"):
+                removed += [f"network lease {net}" for net in seats.release_subnet(home.instance)]
             home.vagrantfile.unlink(missing_ok=True)
             state.reset()
             state.save()
@@ -431,13 +456,19 @@ class Engine:
         provider = self.provider_of(state)
         self.events.task("destroy")
         t0 = time.monotonic()
-        removal = provider.destroy(home.loaded, home.log)
+        removal = provider.destroy(home.instance, home.log)
         if removal is None:
             self.driver(home, provider.name).destroy()
             removal = Removal([f"machines ({provider.name})"])
         shutil.rmtree(home.home / ".vagrant", ignore_errors=True)
         self.events.task_done("destroy", time.monotonic() - t0)
         return removal
+
+    def instances(self) -> list[dict]:
+        """Every vmdock instance on this host, whoever's home it lives in (`vmdock status --all`)."""
+        from .hostscan import instances
+
+        return instances(Log(paths.vmdock_home() / "host.log"))
 
     def ssh_argv(self, name: str, machine: str | None) -> list[str]:
         home = self.lab(name)

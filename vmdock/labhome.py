@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import paths
+from . import paths, seats
 from .errors import ConfigError, StateError
 from .loader import LoadedLab
 from .runlog import Log
@@ -28,6 +28,8 @@ class LabHome:
         self.home = paths.lab_home(self.name)
         self.vagrantfile = self.home / "Vagrantfile"
         self.log = Log(self.home / "vmdock.log")
+        #: this lab under this vmdock home: what its names on the host carry
+        self.instance = seats.Instance(paths.vmdock_home(), self.name)
 
     def state(self) -> LabState:
         return LabState.load(self.home / "state.json", self.name)
@@ -79,8 +81,14 @@ def status_row(home: LabHome, state: LabState, live_states: dict[str, str]) -> d
             "ssh": f"{ssh['user']}@{ssh['host']}:{ssh['port']}" if ssh else None,
         }
     last = state.last_good_step()
+    ports = seats.effective_ports(home.loaded.lab.machines, state.port_offset, str(home.loaded.file))
     return {
         "lab": home.name,
+        "instance": home.instance.id,
+        "network": state.network,
+        "port_offset": state.port_offset,
+        "ports": [{"machine": p.machine, "guest": p.guest, "host": p.host, "host_ip": p.host_ip, "protocol": p.protocol}
+                  for p in ports],
         "provider": state.provider,
         "phase": state.phase.value,
         "mode": mode(state, home.loaded),

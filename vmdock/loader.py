@@ -261,7 +261,7 @@ def discover(labs_dirs: list[Path] | None = None) -> tuple[list[LoadedLab], list
                 labs[folder.name] = load_lab(folder)
             except LabError as exc:
                 problems.append(Problem(folder, exc))
-    ordered = sorted(labs.values(), key=lambda item: (item.lab.chapter, item.name))
+    ordered = sorted(labs.values(), key=lambda item: (item.lab.chapter is None, item.lab.chapter or 0, item.name))
     return ordered, problems
 
 

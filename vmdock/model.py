@@ -30,7 +30,7 @@ NAME_RE = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
 ENV_RE = r"^[A-Z][A-Z0-9_]{0,63}$"
 DEFAULT_BASE_IMAGE = "debian:bookworm"
 
-# Each lab gets a /LAB_PREFIX block of the host-only network (vmdock.render):
+# Each lab instance gets a /LAB_PREFIX block of the host-only network (vmdock.seats):
 # 16 addresses less the network, broadcast and gateway addresses.
 LAB_PREFIX = 28
 MAX_MACHINES = 2 ** (32 - LAB_PREFIX) - 3
@@ -249,7 +249,7 @@ class Needs(Strict):
 
 class Lab(Strict):
     name: Name
-    chapter: int = Field(..., ge=1, le=99)
+    chapter: int | None = Field(None, ge=1, le=99, description="the book's chapter; a lab outside the book has none")
     title: ShortLine = Field(..., min_length=1, description="as the book has it")
     title_en: ShortLine | None = None
     description: Annotated[str, Field(max_length=DESCRIPTION), _TEXT] = ""

@@ -13,9 +13,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, paths, providers, settings
+from . import __version__, paths, providers, seats, settings
 from .errors import LabError
-from .model import LAB_PREFIX
 from .ruby import ruby
 
 if TYPE_CHECKING:
@@ -23,11 +22,7 @@ if TYPE_CHECKING:
 
     from .loader import LoadedLab
     from .providers import Provider
-
-# VirtualBox (6.1.28+) allows host-only networks in 192.168.56.0/21 only.
-# Each lab gets a /LAB_PREFIX of it by chapter: model.MAX_MACHINES machines at
-# most (one address is the gateway), no clash between labs.
-NETWORK_POOL = ipaddress.ip_network("192.168.56.0/21")
+    from .seats import Seat
 
 
 class RubyLiteral(str):
@@ -66,24 +61,12 @@ def boxes_catalog() -> dict:
     return catalog
 
 
-def lab_network(chapter: int) -> ipaddress.IPv4Network:
-    blocks: list[ipaddress.IPv4Network] = list(NETWORK_POOL.subnets(new_prefix=LAB_PREFIX))  # type: ignore[arg-type]
-    return blocks[chapter % len(blocks)]
-
-
-def machine_ips(loaded: LoadedLab) -> dict[str, str]:
-    net = lab_network(loaded.lab.chapter)
-    hosts = list(net.hosts())[1:]  # the first address is the gateway
-    if len(loaded.lab.machines) > len(hosts):
-        raise LabError(
-            f"{loaded.file}: machines: at most {len(hosts)} machines fit a lab's network",
-            lab=loaded.name,
-        )
-    return {m.name: str(hosts[i]) for i, m in enumerate(loaded.lab.machines)}
-
-
-def container_name(lab: str, machine: str) -> str:
-    return f"vmdock-{lab}-{machine}"
+def machine_ips(loaded: LoadedLab, subnet: ipaddress.IPv4Network) -> dict[str, str]:
+    """Machine → address in the instance's private network (``seats``: leased per instance)."""
+    try:
+        return seats.machine_ips(subnet, [m.name for m in loaded.lab.machines])
+    except ValueError as exc:
+        raise LabError(f"{loaded.file}: machines: {exc}", lab=loaded.name) from None
 
 
 def _box(loaded: LoadedLab, machine, provider: Provider) -> tuple[str | None, str | None]:
@@ -109,11 +92,14 @@ class RenderOptions:
     values: dict = field(default_factory=dict)
 
 
-def render(loaded: LoadedLab, opts: RenderOptions) -> str:
+def render(loaded: LoadedLab, opts: RenderOptions, seat: Seat) -> str:
+    """The Vagrantfile of ``loaded`` for one seat: its names, its network, its host ports."""
     provider = providers.get(opts.provider)
     provider.check_options(opts.values)
     lab = loaded.lab
-    ips = machine_ips(loaded)
+    inst = seat.instance
+    ips = machine_ips(loaded, seat.subnet)
+    ports = seats.effective_ports(lab.machines, seat.port_offset, where=str(loaded.file))
     machines = []
     for m in lab.machines:
         box, box_url = _box(loaded, m, provider)
@@ -128,22 +114,25 @@ def render(loaded: LoadedLab, opts: RenderOptions) -> str:
                 "ip": ips[m.name],
                 "cpus": m.cpus,
                 "memory": m.memory,
-                "forwarded_ports": [p.model_dump() for p in m.forwarded_ports],
+                "forwarded_ports": [
+                    {"guest": p.guest, "host": p.host, "host_ip": p.host_ip, "protocol": p.protocol}
+                    for p in ports if p.machine == m.name
+                ],
                 "synced_folder": m.synced_folder,
                 "lab_folder": str(loaded.folder),
-                "container": container_name(lab.name, m.name),
-                "prefix": f"vmdock-{lab.name}-",
-                "labels": ["--label", f"vmdock.lab={lab.name}", "--label", f"vmdock.machine={m.name}"],
+                "container": inst.machine_name(m.name),
+                "prefix": inst.prefix,
+                "labels": seats.label_args(inst.labels(m.name)),
             }
         )
-    net = lab_network(lab.chapter)
     return _environment().get_template(paths.VAGRANTFILE_TEMPLATE.name).render(
         version=__version__,
         lab_name=lab.name,
         lab_file=str(loaded.file),
         provider=provider.name,
         machines=machines,
-        netmask=provider.netmask(net),
+        netmask=provider.netmask(seat.subnet),
+        network_name=inst.network_name,
         options=opts.values,
     )
 

@@ -36,7 +36,7 @@ PREFIX = "VMDOCK_"
 #: Settings read from a family of variables: field → variable prefix.
 FAMILIES = {"box_urls": "VMDOCK_BOX_URL_", "secrets": "VMDOCK_SECRET_"}
 #: Settings a CLI option can give: field → option.
-OPTIONS = {"provider": "--provider", "images_dir": "--images-dir", "labs": "--labs-dir"}
+OPTIONS = {"provider": "--provider", "images_dir": "--images-dir", "labs": "--labs-dir", "port_offset": "--port-offset"}
 
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
 
@@ -132,7 +132,14 @@ class Settings(BaseSettings):
         None, description="URL probed to tell whether a registry is reachable "
         "(default: https://registry-1.docker.io/v2/)")
     libvirt_driver: str | None = Field(
-        None, description="vagrant-libvirt's driver: kvm or qemu (default: kvm when a test guest boots fast under KVM)")
+        None, description="the libvirt domain type (vagrant-libvirt's `driver`): kvm or qemu "
+        "(default: kvm when a test guest boots fast under KVM)")
+    port_offset: int | None = Field(
+        None, gt=-65535, lt=65535, description="move this seat's forwarded host ports by N, as a block: the "
+        "student's port is the lab's plus N (default: the offset the lab's state recorded, 0 at first)")
+    host_dir: Path | None = Field(
+        None, description="the folder every user's vmdock on this host shares: the labs' network leases and "
+        "their lock (default: `/var/tmp/vmdock`; made mode 1777, like /tmp)")
     connect_timeout: int = Field(15, gt=0, description="seconds to wait for a machine's SSH connection")
     box_urls: dict[str, str] = Field(
         default_factory=dict, description="a mirror URL or local `.box` file for box `<BOX>` of `boxes/boxes.yaml` "
@@ -226,7 +233,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{reg!r} is not host[:port]")
         return v
 
-    @field_validator("home", "cache")
+    @field_validator("home", "cache", "host_dir")
     @classmethod
     def _folder(cls, v: Path | None) -> Path | None:
         return None if v is None else v.expanduser().resolve()

@@ -36,6 +36,8 @@ class LabState:
     lab: str
     provider: str | None = None
     lab_folder: str | None = None
+    network: str | None = None  # the instance's private network, leased host-wide (seats)
+    port_offset: int = 0  # the seat's forwarded host ports are the lab's plus this
     machines: dict[str, dict] = field(default_factory=dict)  # name → {"id":…, "ssh": {…}}
     steps: dict[str, dict] = field(default_factory=dict)  # key → {"fingerprint", "seconds", "at"}
     plan: list[str] = field(default_factory=list)  # the step keys of the last plan, in its order
@@ -70,6 +72,8 @@ class LabState:
             lab=lab,
             provider=data.get("provider"),
             lab_folder=data.get("lab_folder"),
+            network=data.get("network"),
+            port_offset=int(data.get("port_offset") or 0),
             machines=data.get("machines", {}),
             steps=data.get("steps", {}),
             plan=data.get("plan", []),
@@ -88,6 +92,8 @@ class LabState:
             "lab": self.lab,
             "provider": self.provider,
             "lab_folder": self.lab_folder,
+            "network": self.network,
+            "port_offset": self.port_offset,
             "phase": Phase(self.phase).value,
             "machines": self.machines,
             "steps": self.steps,
@@ -165,6 +171,7 @@ class LabState:
         self.secrets.clear()
         self.last_error = None
         self.provider = None
+        self.network = None  # given back to the pool; the port offset is the seat's and stays
         self.move(Phase.DESTROYED)
 
 

@@ -23,7 +23,7 @@ from .transport import Transport
 
 if TYPE_CHECKING:
     from .labimages import LabImage
-    from .loader import LoadedLab
+    from .seats import Instance
 
 #: how the disk of a lab image is made (vmimage.METHODS)
 METHOD_ENV = "VMDOCK_LIBVIRT_IMAGE_METHOD"
@@ -101,6 +101,7 @@ def capture_machine(
     info: dict,
     log: Log,
     *,
+    domain: str,
     fingerprint: str,
     method: str = vmimage.METHOD_PACKAGE,
     tcg: bool = False,
@@ -108,7 +109,6 @@ def capture_machine(
 ) -> vmimage.BoxImage:
     """Capture a running lab machine as its lab image and register it; the machine
     runs again afterwards (it was halted for the capture: one more boot)."""
-    domain = domain_name(lab, machine)
     ssh = machine_ssh(lab_home, machine, log)
     guest = Transport(machine, ssh, log, lab=lab)
     try:
@@ -139,7 +139,7 @@ def start_domain(domain: str, ssh: SshConfig, lab: str, machine: str, log: Log, 
         guest.close()
 
 
-def restore_check(lab_home: Path, lab: str, machine: str, log: Log) -> None:
+def restore_check(lab_home: Path, lab: str, machine: str, log: Log, *, domain: str) -> None:
     """Raise when the first boot of a machine made from a lab image did not finish well."""
     guest = Transport(machine, machine_ssh(lab_home, machine, log), log, lab=lab)
     try:
@@ -150,7 +150,7 @@ def restore_check(lab_home: Path, lab: str, machine: str, log: Log) -> None:
     problem = restore_problem(out.stdout)
     if problem:
         raise ProviderError(
-            f"{domain_name(lab, machine)}: starting from the lab image failed: {problem}",
+            f"{domain}: starting from the lab image failed: {problem}",
             lab=lab, machine=machine, stderr_tail=tail(out.stdout + out.stderr), log=log.path,
             hint="`vmdock up --no-image` takes the full path",
         )
@@ -160,13 +160,13 @@ def restore_check(lab_home: Path, lab: str, machine: str, log: Log) -> None:
 # the provider contract's hooks (vmdock.providers.base.Provider), for libvirt
 
 
-def capture(lab: LoadedLab, machine: str, tag: str, labels: dict[str, str], log: Log, *, tcg: bool) -> str:
+def capture(inst: Instance, machine: str, tag: str, labels: dict[str, str], log: Log, *, tcg: bool) -> str:
     """``Provider.capture``: the lab image ``tag`` of a running machine; returns ``<box> <version>``."""
     from .labimages import LABEL_PREFIX
 
     info = {"tag": tag, "labels": labels}
     image = capture_machine(
-        paths.lab_home(lab.name), lab.name, machine, info, log,
+        paths.lab_home(inst.lab), inst.lab, machine, info, log, domain=domain_name(inst.prefix, machine),
         fingerprint=labels[LABEL_PREFIX + "fingerprint"], method=method(), tcg=tcg,
     )
     return f"{image.name} {image.version}"

@@ -68,7 +68,7 @@ def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readab
         for r in rows:
             title = shown(r["title"]) + (f"\n[dim]{shown(r['title_en'])}[/]" if r["title_en"] else "")
             title += "" if r["offline"] else "\n[yellow]needs registry images[/]"
-            table.add_row(shown(r["name"]), str(r["chapter"]), title, shown("\n".join(r["machines"]), keep="\n"),
+            table.add_row(shown(r["name"]), str(r["chapter"] or "-"), title, shown("\n".join(r["machines"]), keep="\n"),
                           shown(r["state"]))
         console.print(table)
     for p in problems:
@@ -82,7 +82,7 @@ def show(lab: str = LabArg):
     """One lab: book sections, machines, steps, checks."""
     spec = resolve(lab, OPTS.labs_dirs).lab
     console.print(
-        f"[bold]{shown(spec.name)}[/] — 第{spec.chapter}章 {shown(spec.title)}"
+        f"[bold]{shown(spec.name)}[/] — " + (f"第{spec.chapter}章 " if spec.chapter else "") + shown(spec.title)
         + (f" ({shown(spec.title_en)})" if spec.title_en else "")
     )
     if spec.description:
@@ -94,9 +94,10 @@ def show(lab: str = LabArg):
         console.print("[bold]sections[/]")
         for section in spec.sections:
             console.print(f"  {shown(section)}")
-    console.print("[bold]machines[/]")
+    offset = make_engine().port_offset(lab)
+    console.print("[bold]machines[/]" + (f" [dim](host ports moved by the port offset {offset})[/]" if offset else ""))
     for m in spec.machines:
-        ports = ", ".join(f"{p.host_ip}:{p.host}→{p.guest}" for p in m.forwarded_ports)
+        ports = ", ".join(f"{p.host_ip}:{p.host + offset}→{p.guest}" for p in m.forwarded_ports)
         console.print(
             f"  {shown(m.name)}: {shown(m.box)}, {m.cpus} cpu, {m.memory} MiB"
             + (f", ports {shown(ports)}" if ports else "")
@@ -117,13 +118,18 @@ def show(lab: str = LabArg):
 @app.command()
 def steps(lab: str = LabArg):
     """The commands a student would type to do the case by hand, machine by machine."""
+    from ipaddress import IPv4Network
+
+    from ..labhome import LabHome
     from ..provision import exports_file, remote_lab_dir, step_env
     from ..render import machine_ips
 
     loaded = resolve(lab, OPTS.labs_dirs)
     spec = loaded.lab
+    network = LabHome(loaded).state().network  # chosen by `vmdock up` for this lab instance
+    ips = machine_ips(loaded, IPv4Network(network)) if network else {}
     # the same variables vmdock gives each step; secrets and exports are only named
-    env = step_env(spec, spec.machines[0].name, machine_ips(loaded), dict.fromkeys(spec.secrets, ""), {})
+    env = step_env(spec, spec.machines[0].name, ips, dict.fromkeys(spec.secrets, ""), {})
     out = [f"# {spec.name}: {spec.title}" + (f" — {spec.title_en}" if spec.title_en else "")]
     out.append(f"# In each machine (vmdock ssh {spec.name} MACHINE), as root (sudo -i), first:")
     out.append(f"cd {shlex.quote(remote_lab_dir(spec.name))}")
@@ -134,6 +140,8 @@ def steps(lab: str = LabArg):
             )
         elif k != "VMDOCK_MACHINE":
             out.append(f"export {k}={shlex.quote(v)}")
+    if not network:
+        out.append("# VMDOCK_IP_<MACHINE>: each machine's private address, chosen by `vmdock up` for this home")
     machine = None
     for i, s in enumerate(spec.steps):
         for m in spec.targets(s):
@@ -187,13 +195,18 @@ def up(
     ),
     upto: str | None = typer.Option(None, "--upto", metavar="STEP", help="stop after this step (its number or name)"),
     no_image: bool = typer.Option(False, "--no-image", help="do not start from a lab image: the full path"),
+    port_offset: int | None = typer.Option(
+        None, "--port-offset",
+        help="move this seat's forwarded host ports by N, as a block (also VMDOCK_PORT_OFFSET; remembered)",
+    ),
 ):
     """Render, bring the machines up, install Docker and run the case's steps (resumes where it stopped)."""
     events = RichEvents(OPTS.verbose)
     with events:
-        result = make_engine(events, provider, images_dir=str(images_dir) if images_dir else None).up(
-            lab, upto=upto, no_steps=no_steps, use_images=not no_image
+        engine = make_engine(
+            events, provider, images_dir=str(images_dir) if images_dir else None, port_offset=port_offset
         )
+        result = engine.up(lab, upto=upto, no_steps=no_steps, use_images=not no_image)
     _print_up(result)
 
 
@@ -241,8 +254,12 @@ def status(
     lab: str | None = typer.Argument(None, help="one lab (default: every lab with state)"),
     as_json: bool = typer.Option(False, "--json"),
     refresh: bool = typer.Option(False, "--refresh", help="ask Vagrant (slow), not the provider"),
+    every: bool = typer.Option(False, "--all", help="every vmdock lab instance on this host, whoever's home it is in"),
 ):
-    """Machines, provider, state, mode, last good step and last error (machine, step, command)."""
+    """Machines, provider, state, mode, host ports, last good step and last error (machine, step, command)."""
+    if every:
+        _host_status(as_json)
+        return
     rows = make_engine().status(lab, refresh=refresh)
     if as_json:
         sys.stdout.write(to_json(rows))
@@ -266,6 +283,7 @@ def status(
     # the long parts under the table, one labelled line each, never broken inside
     for r in rows:
         lines = [f"ssh {m}: {v['ssh']}" for m, v in r["machines"].items() if v["ssh"]]
+        lines += [f"port {p['host_ip']}:{p['host']} → {p['machine']}:{p['guest']}" for p in r["ports"]]
         if r["mode"] != "all steps" or r["lab_images"]:  # student mode, or made from lab images
             lines.append(f"mode: {r['mode']}" + (" (from lab images)" if r["lab_images"] else ""))
         lines.append(f"last good step: {r['last_good_step'] or '-'}")
@@ -275,6 +293,24 @@ def status(
         console.print(f"[bold]{shown(r['lab'])}[/]:", highlight=False)
         for line in lines:
             console.print(f"  {shown(line)}", soft_wrap=True, highlight=False)
+
+
+def _host_status(as_json: bool) -> None:
+    rows = make_engine().instances()
+    if as_json:
+        sys.stdout.write(to_json(rows))
+        return
+    if not rows:
+        console.print("no vmdock lab instance on this host")
+        return
+    table = Table(title="vmdock status --all (this host)")
+    for col in ("instance", "lab", "home", "phase", "network", "machines"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        machines = "\n".join(f"{m}: {v}" for m, v in r["machines"].items())
+        table.add_row(r["instance"] or "-", shown(r["lab"] or "?"), shown(r["home"] or "?"), r["phase"] or "-",
+                      r["network"] or "-", shown(machines, keep="\n"))
+    console.print(table)
 
 
 @app.command()

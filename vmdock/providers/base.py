@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ..labimages import LabImage
     from ..loader import LoadedLab
     from ..runlog import Log
+    from ..seats import Instance, Machine, Seat
 
 #: Vagrant's state of a machine that does not exist (every provider uses it).
 NOT_CREATED = "not_created"
@@ -175,26 +176,36 @@ class Provider(ABC):
         return str(net.netmask)
 
     @abstractmethod
-    def native_status(self, lab: str, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
-        """Machine → Vagrant state name, asked of the provider itself (no `vagrant`).
+    def native_status(self, inst: Instance, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
+        """Machine → Vagrant state name of one lab instance, asked of the provider itself (no `vagrant`).
 
         None when the provider cannot tell (its tool is missing or failed):
         the caller then asks Vagrant.
         """
 
-    def ssh_configs(self, lab: LoadedLab, machines: list[str], log: Log) -> dict[str, SshConfig] | None:
+    def prepare_network(self, seat: Seat, log: Log) -> None:  # noqa: B027  (most providers let Vagrant do it)
+        """Make the instance's private network before `vagrant up`, where Vagrant cannot name it."""
+
+    def machines(self, inst: Instance, log: Log) -> list[Machine] | None:
+        """The instance's machines found on the host by their labels or names (None: cannot tell)."""
+        return None
+
+    def remove(self, machines: list[Machine], log: Log) -> None:  # noqa: B027  (nothing found: nothing to do)
+        """Remove machines Vagrant does not know (``machines`` found them)."""
+
+    def ssh_configs(self, inst: Instance, machines: list[str], log: Log) -> dict[str, SshConfig] | None:
         """Each running machine's SSH settings, asked of the provider (a `vagrant ssh-config`
         costs seconds); None: ask Vagrant."""
         return None
 
-    def destroy(self, lab: LoadedLab, log: Log) -> Removal | None:
-        """Remove the lab's machines without Vagrant, when the provider can do it quicker;
+    def destroy(self, inst: Instance, log: Log) -> Removal | None:
+        """Remove the instance's machines without Vagrant, when the provider can do it quicker;
         None: `vagrant destroy` does it.  What takes long (deleting disks) is left to
         ``Removal.finish``, which starts it in the background."""
         return None
 
-    def cleanup(self, lab: LoadedLab, log: Log) -> list[str]:
-        """After `vagrant destroy`: remove what Vagrant leaves of THIS lab; say what."""
+    def cleanup(self, inst: Instance, log: Log) -> list[str]:
+        """After `vagrant destroy`: remove what Vagrant leaves of THIS instance (never another's); say what."""
         return []
 
     def prune(self, log: Log, *, everything: bool = False) -> list[Pruned]:
@@ -208,11 +219,11 @@ class Provider(ABC):
         """Every lab image of this provider on this host."""
         return []
 
-    def capture(self, lab: LoadedLab, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
+    def capture(self, inst: Instance, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
         """Save a machine of a lab that is up as a lab image named ``tag``; return its id.
         The machine runs on as it was."""
         raise ProviderError(f"the {self.name} provider cannot capture lab images (not supported yet)")
 
-    def restore(self, lab: LoadedLab, machine: str, log: Log) -> None:
+    def restore(self, inst: Instance, machine: str, log: Log) -> None:
         """Check (or complete) a machine's first start from a lab image; raise when it failed."""
         raise ProviderError(f"the {self.name} provider cannot start from lab images (not supported yet)")

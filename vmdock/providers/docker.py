@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..errors import ProviderError
 from .base import (
     NOT_CREATED,
     RUNNING,
@@ -30,8 +31,12 @@ if TYPE_CHECKING:
     from ..labimages import LabImage
     from ..loader import LoadedLab
     from ..runlog import Log
+    from ..seats import Instance, Machine, Seat
 
 #: the labels vmdock's Vagrantfile puts on every machine container
+INSTANCE_LABEL = "vmdock.instance"
+#: how long `remove` waits for dockerd to let go of a container a killed `docker run` was making
+REMOVE_TIMEOUT = 120.0
 LAB_LABEL = "vmdock.lab"
 MACHINE_LABEL = "vmdock.machine"
 
@@ -134,9 +139,9 @@ class DockerProvider(Provider):
     def netmask(self, net: ipaddress.IPv4Network) -> int:
         return int(net.prefixlen)  # the docker provider wants a prefix length
 
-    def native_status(self, lab: str, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
+    def native_status(self, inst: Instance, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
         proc = quick_run(
-            ["docker", "ps", "-a", "--filter", f"label={LAB_LABEL}={lab}",
+            ["docker", "ps", "-a", "--filter", f"label={INSTANCE_LABEL}={inst.id}",
              "--format", '{{.Label "' + MACHINE_LABEL + '"}}\t{{.State}}'],
             log,
         )
@@ -145,17 +150,16 @@ class DockerProvider(Provider):
         found = container_states(proc.stdout)
         return {m: found.get(m, NOT_CREATED) for m in machines}
 
-    def ssh_configs(self, lab: LoadedLab, machines: list[str], log: Log) -> dict[str, SshConfig] | None:
+    def ssh_configs(self, inst: Instance, machines: list[str], log: Log) -> dict[str, SshConfig] | None:
         """What `vagrant ssh-config` says of a docker machine, from one `docker inspect`: the
         host port Vagrant published for 22, user vagrant and Vagrant's insecure key (the
         Vagrantfile keeps it: ``config.ssh.insert_key = false``)."""
         from ..driver import SshConfig
-        from ..render import container_name
 
         key = Path(os.environ.get("VAGRANT_HOME") or Path.home() / ".vagrant.d") / "insecure_private_key"
         if not key.is_file():
             return None
-        names = [container_name(lab.name, m) for m in machines]
+        names = [inst.machine_name(m) for m in machines]
         proc = quick_run(["docker", "inspect", "-f", "{{json .NetworkSettings.Ports}}", *names], log)
         if proc is None or proc.returncode != 0:
             return None
@@ -167,15 +171,15 @@ class DockerProvider(Provider):
             out[machine] = SshConfig(address[0], address[1], "vagrant", (str(key),))
         return out if len(out) == len(machines) else None
 
-    def destroy(self, lab: LoadedLab, log: Log) -> Removal | None:
-        """`docker rm -f` of the lab's containers (a second), where `vagrant destroy` takes
+    def destroy(self, inst: Instance, log: Log) -> Removal | None:
+        """`docker rm -f` of the instance's containers, never another home's (a second), where `vagrant destroy` takes
         10–25 s (Vagrant's start, a graceful stop); the machines are throwaway.  Their
         volumes (the inner Docker's data: seconds to delete) are left to ``finish``, which
         starts a `docker volume rm` that runs on by itself.  Vagrant's global machine index
         keeps a stale entry (`vagrant global-status --prune`)."""
         from ..runlog import run
 
-        ids = [cid for cid, _ in self._lab_containers(lab, log)]
+        ids = [cid for cid, _ in self._lab_containers(inst, log)]
         if not ids:
             return Removal([])
         fmt = '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}'
@@ -194,38 +198,76 @@ class DockerProvider(Provider):
         said = f"machines (docker: {len(ids)} container(s); their volumes are deleted in the background)"
         return Removal([said], finish)
 
-    def _lab_containers(self, lab: LoadedLab, log: Log) -> list[tuple[str, str]]:
-        """(id, name) of every container of the lab."""
+    def _lab_containers(self, inst: Instance, log: Log) -> list[tuple[str, str]]:
+        """(id, name) of every container of the lab instance."""
         from ..runlog import run
 
         if not docker_daemon()[0]:
             return []
-        cmd = ["docker", "ps", "-a", "--no-trunc", "--filter", f"label={LAB_LABEL}={lab.name}",
+        cmd = ["docker", "ps", "-a", "--no-trunc", "--filter", f"label={INSTANCE_LABEL}={inst.id}",
                "--format", "{{.ID}}\t{{.Names}}"]
         return [(line.partition("\t")[0], line.partition("\t")[2]) for line in run(cmd, log).stdout.splitlines()
                 if line.strip()]
 
-    def cleanup(self, lab: LoadedLab, log: Log) -> list[str]:
-        """Containers and networks of this lab that Vagrant left (never the shared machine image)."""
-        from ..render import lab_network
+    def cleanup(self, inst: Instance, log: Log) -> list[str]:
+        """Containers and the network of this instance that are left (never another's, nor the shared machine image)."""
         from ..runlog import run
 
         if not docker_daemon()[0]:
             return []
         removed = []
-        left = [cid for cid, _ in self._lab_containers(lab, log)]
+        left = [cid for cid, _ in self._lab_containers(inst, log)]
         if left:
             run(["docker", "rm", "-f", "-v", *left], log)
             removed.append(f"{len(left)} leftover container(s)")
-        subnet = str(lab_network(lab.lab.chapter))
-        nets = run(["docker", "network", "ls", "-q", "--filter", f"name=vagrant_network_{subnet}"], log).stdout.split()
-        for net in nets:
+        mine = f"label={INSTANCE_LABEL}={inst.id}"
+        for net in run(["docker", "network", "ls", "-q", "--filter", mine], log).stdout.split():
             inspect = ["docker", "network", "inspect", "-f", "{{len .Containers}}", net]
             users = run(inspect, log, check=False).stdout.strip()
             if users == "0":
                 run(["docker", "network", "rm", net], log)
-                removed.append(f"network {net[:12]}")
+                removed.append(f"network {inst.network_name}")
         return removed
+
+    def prepare_network(self, seat: Seat, log: Log) -> None:
+        """The instance's docker network, with its labels: Vagrant's docker provider joins a
+        network by name only when it exists (it would make one named after the subnet)."""
+        from ..runlog import run
+        from ..seats import label_args
+
+        inst = seat.instance
+        subnets = "{{range .IPAM.Config}}{{.Subnet}} {{end}}"
+        have = run(["docker", "network", "inspect", "-f", subnets, inst.network_name], log, check=False)
+        if have.returncode == 0:
+            if str(seat.subnet) in have.stdout.split():
+                return
+            run(["docker", "network", "rm", inst.network_name], log)  # left by an earlier lease; no machine uses it
+        labels = label_args(inst.labels())
+        run(["docker", "network", "create", "--subnet", str(seat.subnet), *labels, inst.network_name], log)
+
+    def machines(self, inst: Instance, log: Log) -> list[Machine] | None:
+        from ..hostscan import docker_machines
+
+        return docker_machines(log, inst.id) if docker_daemon()[0] else None
+
+    def remove(self, machines: list[Machine], log: Log) -> None:
+        """`docker rm -f -v`, until they are gone: a container that a killed `docker run` left
+        being created is listed before dockerd can remove it (it answers "No such container")."""
+        import time
+
+        from ..hostscan import docker_machines
+        from ..runlog import run
+
+        ids = {m.id for m in machines}
+        deadline = time.monotonic() + REMOVE_TIMEOUT
+        while ids:
+            run(["docker", "rm", "-f", "-v", *sorted(ids)], log, check=False)
+            ids &= {m.id for m in docker_machines(log, machines[0].instance)}
+            if ids and time.monotonic() > deadline:
+                raise ProviderError(f"docker rm -f did not remove {', '.join(i[:12] for i in sorted(ids))}",
+                                    hint="`docker ps -a` shows it; dockerd may be overloaded")
+            if ids:
+                time.sleep(1)
 
     def base_image(self) -> str:
         """The machine image `up` would use now (its tag is computed, nothing is built)."""
@@ -243,20 +285,18 @@ class DockerProvider(Provider):
         found = (LabImage.from_labels(tag, labels, size) for tag, labels, size in listed)
         return [i for i in found if i is not None and i.provider == self.name]
 
-    def capture(self, lab: LoadedLab, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
+    def capture(self, inst: Instance, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
         from ..labimages import LABEL_PREFIX
         from ..provision import provisioner
-        from ..render import container_name
         from .docker_capture import capture
 
-        return capture(container_name(lab.name, machine), tag, labels, provisioner("start-docker.sh"), log,
+        return capture(inst.machine_name(machine), tag, labels, provisioner("start-docker.sh"), log,
                        lab_image_label=f"{LABEL_PREFIX}fingerprint")
 
-    def restore(self, lab: LoadedLab, machine: str, log: Log) -> None:
-        from ..render import container_name
+    def restore(self, inst: Instance, machine: str, log: Log) -> None:
         from .docker_capture import restore_status
 
-        restore_status(container_name(lab.name, machine), log)
+        restore_status(inst.machine_name(machine), log)
 
     def prune(self, log: Log, *, everything: bool = False) -> list[Pruned]:
         """Machine images and lab images that no container on this host was made from."""

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ..labimages import LabImage
     from ..loader import LoadedLab
     from ..runlog import Log
+    from ..seats import Instance, Machine
 
 DOMAIN_TYPES = ("kvm", "qemu")
 LIBVIRT_URI = "qemu:///system"
@@ -67,9 +68,9 @@ def domain_type(on_info: Callable[[str], None] | None = None, log=None) -> str:
     return chosen
 
 
-def domain_name(lab: str, machine: str) -> str:
+def domain_name(prefix: str, machine: str) -> str:
     """vagrant-libvirt's name for a machine's domain (default_prefix + machine, cleaned as it does)."""
-    return re.sub(r"[^-a-z0-9_.]", "", f"vmdock-{lab}-{machine}", flags=re.IGNORECASE)
+    return re.sub(r"[^-a-z0-9_.]", "", prefix + machine, flags=re.IGNORECASE)
 
 
 def domain_states(virsh_list: str) -> dict[str, str]:
@@ -118,27 +119,57 @@ class LibvirtProvider(Provider):
         if not options.get("domain_type"):
             raise ConfigError("the libvirt provider needs a domain type (kvm or qemu)")
 
-    def native_status(self, lab: str, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
+    def native_status(self, inst: Instance, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
         if not shutil.which("virsh"):
             return None
         proc = quick_run(["virsh", "-c", LIBVIRT_URI, "list", "--all"], log)
         if proc is None or proc.returncode != 0:
             return None
         found = domain_states(proc.stdout)
-        return {m: found.get(domain_name(lab, m), NOT_CREATED) for m in machines}
+        return {m: found.get(domain_name(inst.prefix, m), NOT_CREATED) for m in machines}
+
+    def machines(self, inst: Instance, log: Log) -> list[Machine] | None:
+        """The instance's domains, by name (vmdock-<instance>-<lab>-<machine>)."""
+        from ..seats import Machine
+
+        if not shutil.which("virsh"):
+            return None
+        listed = quick_run(["virsh", "-c", LIBVIRT_URI, "list", "--all", "--uuid", "--name"], log)
+        states = quick_run(["virsh", "-c", LIBVIRT_URI, "list", "--all"], log)
+        if listed is None or listed.returncode != 0 or states is None:
+            return None
+        known = domain_states(states.stdout)
+        prefix = domain_name(inst.prefix, "")
+        out = []
+        for line in listed.stdout.splitlines():
+            uuid, _, name = line.strip().partition(" ")
+            name = name.strip()
+            if name.startswith(prefix):
+                machine = name[len(prefix):]
+                state = known.get(name, "unknown")
+                out.append(Machine(self.name, uuid, name, inst.id, inst.lab, str(inst.home), machine, state))
+        return out
+
+    def remove(self, machines: list[Machine], log: Log) -> None:
+        """Stop and undefine each domain with its disks (vagrant-libvirt's volumes)."""
+        from ..runlog import run
+
+        for m in machines:
+            run(["virsh", "-c", LIBVIRT_URI, "destroy", m.name], log, check=False)  # already off: fine
+            run(["virsh", "-c", LIBVIRT_URI, "undefine", m.name, "--remove-all-storage", "--nvram"], log)
 
     def lab_images(self, log: Log) -> list[LabImage]:
         from ..vmcapture import lab_images
 
         return lab_images(self.name)
 
-    def capture(self, lab: LoadedLab, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
+    def capture(self, inst: Instance, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
         from ..vmcapture import capture
 
-        return capture(lab, machine, tag, labels, log, tcg=domain_type(log=log) == "qemu")
+        return capture(inst, machine, tag, labels, log, tcg=domain_type(log=log) == "qemu")
 
-    def restore(self, lab: LoadedLab, machine: str, log: Log) -> None:
+    def restore(self, inst: Instance, machine: str, log: Log) -> None:
         from ..paths import lab_home
         from ..vmcapture import restore_check
 
-        restore_check(lab_home(lab.name), lab.name, machine, log)
+        restore_check(lab_home(inst.lab), inst.lab, machine, log, domain=domain_name(inst.prefix, machine))

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from ..events import Events
     from ..loader import LoadedLab
     from ..runlog import Log
+    from ..seats import Instance
 
 
 def kvm_holds_vtx() -> bool:
@@ -67,13 +68,13 @@ class VirtualBoxProvider(Provider):
 
         return {"lab_boxes": lab_boxes(lab_images or {})}
 
-    def native_status(self, lab: str, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
+    def native_status(self, inst: Instance, machines: list[str], log: Log | None = None) -> dict[str, str] | None:
         exe = _vboxmanage()
         if not exe:
             return None
         out = {}
-        for m in machines:  # the Vagrantfile names each VM vmdock-<lab>-<machine>
-            proc = quick_run([exe, "showvminfo", f"vmdock-{lab}-{m}", "--machinereadable"], log)
+        for m in machines:  # the Vagrantfile names each VM vmdock-<instance>-<lab>-<machine>
+            proc = quick_run([exe, "showvminfo", inst.machine_name(m), "--machinereadable"], log)
             if proc is None:
                 return None
             state = vm_state(proc.stdout) if proc.returncode == 0 else None

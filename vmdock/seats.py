@@ -1,0 +1,441 @@
+"""Seats: several instances of labs on one host, with no name, address or port shared.
+
+An instance of a lab is (vmdock home, lab): two students on one classroom
+server, or two CI jobs, bring up the same lab under two homes.  Everything
+vmdock names on the host (containers, libvirt domains and networks, VirtualBox
+VMs, docker networks) carries the instance's short id, and its labels say
+whose it is.  Each instance gets its own /28 of the private-network pool,
+leased host-wide under a lock, after a look at the networks the host already
+has.  Forwarded host ports are the book's ports plus the seat's offset, and
+are tried before ``vagrant up`` so that a taken one is named with its holder.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import ipaddress
+import json
+import os
+import socket
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import filelock
+
+from .errors import BusyError, ConfigError, LabError, StateError
+from .model import LAB_PREFIX
+
+ID_LENGTH = 6
+DEFAULT_HOST_DIR = Path("/var/tmp/vmdock")
+# VirtualBox (6.1.28+) allows host-only networks in 192.168.56.0/21 only: each
+# instance gets a /28 of it (13 machines at most; the first address is the gateway).
+NETWORK_POOL = ipaddress.ip_network("192.168.56.0/21")
+LOCK_TIMEOUT = 60.0
+LABEL_PREFIX = "vmdock."
+
+
+def host_dir() -> Path:
+    """The host-wide folder shared by every user's vmdock (``VMDOCK_HOST_DIR`` overrides).
+
+    It is world-writable with the sticky bit, like /tmp: each user's lease
+    files are their own, and the lock file is open to all.
+    """
+    from . import settings
+
+    path = settings.current().host_dir or DEFAULT_HOST_DIR
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if path.stat().st_uid == os.geteuid() and (path.stat().st_mode & 0o7777) != 0o1777:
+            path.chmod(0o1777)
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot use the host-wide vmdock folder: {exc.strerror or exc}",
+            hint="it must be writable by every vmdock user (mode 1777, like /tmp); VMDOCK_HOST_DIR points elsewhere",
+        ) from None
+    return path
+
+
+# -- instances ------------------------------------------------------------------
+
+
+def instance_id(home: Path | str, lab: str) -> str:
+    """A short id of (vmdock home, lab): 6 hex digits of sha256(realpath(home) NUL lab)."""
+    key = f"{os.path.realpath(home)}\0{lab}".encode()
+    return hashlib.sha256(key).hexdigest()[:ID_LENGTH]
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One lab under one vmdock home, and the names it takes on the host."""
+
+    home: Path
+    lab: str
+
+    @property
+    def id(self) -> str:
+        return instance_id(self.home, self.lab)
+
+    @property
+    def prefix(self) -> str:
+        """Every host-wide name of the instance starts so: vmdock-<id>-<lab>-."""
+        return f"vmdock-{self.id}-{self.lab}-"
+
+    def machine_name(self, machine: str) -> str:
+        """Container, libvirt domain (default_prefix + machine) and VirtualBox VM name."""
+        return self.prefix + machine
+
+    @property
+    def network_name(self) -> str:
+        return f"vmdock-{self.id}-{self.lab}"
+
+    def labels(self, machine: str | None = None) -> dict[str, str]:
+        labels = {
+            "vmdock.instance": self.id,
+            "vmdock.home": str(self.home),
+            "vmdock.lab": self.lab,
+        }
+        if machine is not None:
+            labels["vmdock.machine"] = machine
+        return labels
+
+
+@dataclass(frozen=True)
+class Seat:
+    """Where an instance sits on the host: its names, its private network, its port offset."""
+
+    instance: Instance
+    subnet: ipaddress.IPv4Network
+    port_offset: int = 0
+
+
+def label_args(labels: dict[str, str]) -> list[str]:
+    """``--label k=v`` pairs for docker create / docker network create."""
+    out: list[str] = []
+    for key, value in labels.items():
+        out += ["--label", f"{key}={value}"]
+    return out
+
+
+# -- subnets ----------------------------------------------------------------------
+
+
+def pool_blocks() -> list[ipaddress.IPv4Network]:
+    return list(NETWORK_POOL.subnets(new_prefix=LAB_PREFIX))  # type: ignore[arg-type]
+
+
+def machine_ips(subnet: ipaddress.IPv4Network, machines: list[str]) -> dict[str, str]:
+    """Machine name → address in the instance's block (the first address is the gateway)."""
+    hosts = list(subnet.hosts())[1:]
+    if len(machines) > len(hosts):
+        raise ValueError(f"at most {len(hosts)} machines fit a lab's network")
+    return {m: str(hosts[i]) for i, m in enumerate(machines)}
+
+
+def free_block(taken: Iterable[ipaddress.IPv4Network]) -> ipaddress.IPv4Network | None:
+    """The first block of the pool that overlaps none of ``taken``."""
+    taken = [t for t in taken if t.version == 4 and t.prefixlen > 0]
+    for block in pool_blocks():
+        if not any(block.overlaps(t) for t in taken):
+            return block
+    return None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A block of the pool held by an instance; a file in ``host_dir()/subnets``."""
+
+    subnet: ipaddress.IPv4Network
+    instance: str
+    home: str
+    lab: str
+    path: Path
+
+    def is_stale(self) -> bool:
+        """Its home no longer has the lab's folder (deleted without `vmdock destroy`).
+
+        A folder vmdock may not look into (another user's home), or a lease
+        file it cannot read, is never stale.
+        """
+        if self.home == "?":
+            return False
+        try:
+            os.stat(Path(self.home) / "labs" / self.lab)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return False
+
+
+def _lease_file(folder: Path, subnet: ipaddress.IPv4Network) -> Path:
+    return folder / (str(subnet).replace("/", "_") + ".json")
+
+
+def read_leases(folder: Path) -> list[Lease]:
+    """Every lease on the host; an unreadable lease file still holds its block."""
+    leases = []
+    for f in sorted(folder.glob("*.json")):
+        try:
+            subnet = ipaddress.ip_network(f.stem.replace("_", "/"))
+        except ValueError:
+            continue
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+            owner = (str(data["instance"]), str(data["home"]), str(data["lab"]))
+            leases.append(Lease(subnet, *owner, f))  # type: ignore[arg-type]
+        except (OSError, ValueError, KeyError, TypeError):
+            leases.append(Lease(subnet, "?", "?", "?", f))  # type: ignore[arg-type]
+    return leases
+
+
+@contextlib.contextmanager
+def host_lock(what: str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold the host-wide allocation lock: one allocation at a time, whoever runs it."""
+    path = host_dir() / "seats.lock"
+    lock = filelock.FileLock(str(path), timeout=timeout, mode=0o666)
+    try:
+        with lock:
+            yield
+    except filelock.Timeout:
+        raise BusyError(
+            f"another vmdock on this host has held {path} for {timeout:.0f}s ({what})",
+            hint="wait for it; a vmdock process that died frees the lock at once",
+        ) from None
+
+
+def allocate_subnet(
+    inst: Instance,
+    host_networks: Callable[[], list[tuple[ipaddress.IPv4Network, str]]],
+    folder: Path | None = None,
+) -> ipaddress.IPv4Network:
+    """The instance's block: its lease if it has one, else the first free block, leased now.
+
+    Free means: no other instance's lease and no network the host has
+    (``host_networks()``: (network, where it was seen)) overlaps it.  The
+    caller holds ``host_lock``.
+    """
+    folder = folder or host_dir() / "subnets"
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o1777)  # every user's leases side by side, each removable by its owner only
+    taken: list[ipaddress.IPv4Network] = []
+    for lease in read_leases(folder):
+        if lease.instance == inst.id and lease.home == str(inst.home) and lease.lab == inst.lab:
+            return lease.subnet
+        if lease.is_stale() and _release(lease):
+            continue
+        taken.append(lease.subnet)
+    taken += [net for net, _ in host_networks()]
+    block = free_block(taken)
+    if block is None:
+        raise StateError(
+            f"no free /{LAB_PREFIX} left in {NETWORK_POOL} for the lab's private network",
+            lab=inst.lab,
+            hint="`vmdock status --all` lists the labs on this host; `vmdock destroy` the ones no longer used",
+        )
+    tmp = folder / f".{os.getpid()}.{inst.id}.tmp"
+    tmp.write_text(json.dumps({"instance": inst.id, "home": str(inst.home), "lab": inst.lab}) + "\n", encoding="utf-8")
+    tmp.chmod(0o644)
+    os.rename(tmp, _lease_file(folder, block))
+    return block
+
+
+def release_subnet(inst: Instance, folder: Path | None = None) -> list[ipaddress.IPv4Network]:
+    """Give the instance's blocks back to the pool (after destroy)."""
+    folder = folder or host_dir() / "subnets"
+    if not folder.is_dir():
+        return []
+    return [
+        lease.subnet
+        for lease in read_leases(folder)
+        if lease.instance == inst.id and lease.home == str(inst.home) and _release(lease)
+    ]
+
+
+def _release(lease: Lease) -> bool:
+    try:
+        lease.path.unlink()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # another user's lease in the sticky folder: it stays taken
+    return True
+
+
+# -- host ports ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostPort:
+    machine: str
+    guest: int
+    host: int  # the book's port plus the seat's offset
+    host_ip: str
+    protocol: str
+
+    def __str__(self) -> str:
+        return f"{self.host_ip}:{self.host}/{self.protocol} (→ {self.machine}:{self.guest})"
+
+
+def effective_ports(machines, offset: int, where: str = "lab") -> list[HostPort]:
+    """The forwarded ports of ``machines`` (lab model machines) moved by ``offset``, as a block."""
+    out = []
+    for i, m in enumerate(machines):
+        for j, p in enumerate(m.forwarded_ports):
+            host = p.host + offset
+            if not 0 < host < 65536:
+                raise LabError(
+                    f"{where}: machines[{i}].forwarded_ports[{j}].host: {p.host} + port offset {offset} = {host} "
+                    "is not a port (1-65535)"
+                )
+            out.append(HostPort(m.name, p.guest, host, p.host_ip, p.protocol))
+    return out
+
+
+def port_free(host_ip: str, port: int, protocol: str = "tcp") -> tuple[bool, str]:
+    """Whether this process could bind (host_ip, port) now: (free, why not)."""
+    family = socket.AF_INET6 if ":" in host_ip else socket.AF_INET
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    with socket.socket(family, kind) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a TIME_WAIT socket is no holder
+        try:
+            s.bind((host_ip, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False, "in use"
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return False, f"{host_ip} is not an address of this host"
+            return False, exc.strerror or str(exc)
+    return True, ""
+
+
+@dataclass(frozen=True)
+class PortHolder:
+    """Who holds a host port, as far as docker's labels tell."""
+
+    instance: str  # "" for a container that is not a vmdock instance's
+    lab: str
+    home: str
+    name: str  # container name
+
+    def describe(self) -> str:
+        if self.lab and self.instance:
+            return f"vmdock lab {self.lab} of {self.home} (instance {self.instance}, container {self.name})"
+        if self.lab:
+            return f"vmdock lab {self.lab} (container {self.name}, made by a vmdock without instance ids)"
+        return f"docker container {self.name}"
+
+
+def parse_docker_ports(text: str) -> list[tuple[str, int, str]]:
+    """`docker ps` Ports column → [(host_ip, host_port, protocol)] of the published ones."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if "->" not in part:
+            continue
+        host, _, guest = part.partition("->")
+        ip, _, ports = host.rpartition(":")
+        proto = guest.rpartition("/")[2] or "tcp"
+        first, _, last = ports.partition("-")
+        if not first.isdigit():
+            continue
+        for port in range(int(first), int(last or first) + 1):
+            out.append((ip.strip("[]") or "0.0.0.0", port, proto))
+    return out
+
+
+def _same_address(a: str, b: str) -> bool:
+    wildcard = ("0.0.0.0", "::", "")
+    return a == b or a in wildcard or b in wildcard
+
+
+@dataclass(frozen=True)
+class TakenPort:
+    port: HostPort
+    why: str
+    holder: PortHolder | None
+
+    def describe(self) -> str:
+        who = self.holder.describe() if self.holder else "a process on this host"
+        return f"{self.port.machine}: host port {self.port.host_ip}:{self.port.host} is {self.why}, held by {who}"
+
+
+def taken_ports(
+    ports: list[HostPort],
+    holders: dict[tuple[str, int, str], PortHolder],
+    own_instance: str,
+    is_free: Callable[[str, int, str], tuple[bool, str]] = port_free,
+) -> list[TakenPort]:
+    """The ports of ``ports`` that cannot be bound, with their holder; the instance's own are not taken."""
+    out = []
+    for p in ports:
+        holder = next(
+            (h for (ip, port, proto), h in holders.items()
+             if port == p.host and proto == p.protocol and _same_address(ip, p.host_ip)),
+            None,
+        )
+        if holder is not None and holder.instance == own_instance:
+            continue
+        free, why = is_free(p.host_ip, p.host, p.protocol)
+        if not free:
+            out.append(TakenPort(p, why, holder))
+    return out
+
+
+def suggest_offset(
+    ports: list[HostPort],
+    current: int,
+    is_free: Callable[[str, int, str], tuple[bool, str]] = port_free,
+    step: int = 100,
+    tries: int = 20,
+) -> int | None:
+    """The first offset (current + k·step) at which every port is free."""
+    for k in range(1, tries + 1):
+        offset = current + k * step
+        moved = [p.host - current + offset for p in ports]
+        if all(0 < h < 65536 for h in moved) and all(
+            is_free(p.host_ip, h, p.protocol)[0] for p, h in zip(ports, moved, strict=True)
+        ):
+            return offset
+    return None
+
+
+class PortsTaken(StateError):
+    """Forwarded host ports are taken: `up` refused before changing anything (the lab stays as it was)."""
+
+
+def ports_taken_error(lab: str, taken: list[TakenPort], offset: int, suggestion: int | None) -> PortsTaken:
+    lines = [t.describe() for t in taken]
+    hint = "stop what holds the port, or move this seat's ports as a block with --port-offset N (VMDOCK_PORT_OFFSET)"
+    if suggestion is not None:
+        hint += f": --port-offset {suggestion} frees them all"
+    return PortsTaken(
+        f"{len(taken)} forwarded host port(s) taken (port offset {offset}): " + "; ".join(lines),
+        lab=lab,
+        hint=hint,
+    )
+
+
+# -- orphans ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A machine found on the host by its labels or its name."""
+
+    provider: str
+    id: str  # container id, domain uuid
+    name: str
+    instance: str
+    lab: str
+    home: str
+    machine: str
+    state: str
+
+
+def orphans(found: list[Machine], own_instance: str, vagrant_ids: Iterable[str]) -> list[Machine]:
+    """The instance's machines that Vagrant's state does not know (a run killed inside `vagrant up`)."""
+    known = {i for i in vagrant_ids if i}
+    return [m for m in found if m.instance == own_instance and m.id not in known]

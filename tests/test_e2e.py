@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vmdock.seats import instance_id
+from vmdock.seats import Instance, instance_id
 
 pytestmark = pytest.mark.e2e
 
@@ -181,7 +181,8 @@ def test_student_mode_then_the_steps(env, tmp_path):
         vmdock(env, *args, "up", "resume-lab", "--no-steps", "--no-image")
         status = json.loads(vmdock(env, *args, "status", "resume-lab", "--json").stdout)[0]
         assert status["phase"] == "provisioned" and status["mode"].startswith("student mode")
-        box = "vmdock-resume-lab-box"
+        box = Instance(Path(env["VMDOCK_HOME"]), "resume-lab").machine_name("box")
+        assert subprocess.run(["docker", "exec", box, "true"], check=False).returncode == 0  # the machine is there
         assert subprocess.run(["docker", "exec", box, "test", "-e", "/root/first.count"], check=False).returncode == 1
         failed = vmdock(env, *args, "verify", "resume-lab", "--json", check=False)
         assert failed.returncode == 1 and json.loads(failed.stdout)["passed"] == 0
@@ -198,7 +199,7 @@ def test_lab_image_then_up_from_it_and_reset(env, tmp_path):
     args = ["--labs-dir", str(labs)]
     clean_start(env, "resume-lab", labs)
     remove_lab_images("resume-lab")
-    box = "vmdock-resume-lab-box"
+    box = Instance(Path(env["VMDOCK_HOME"]), "resume-lab").machine_name("box")
     try:
         built = vmdock(env, *args, "image", "build", "resume-lab")
         assert "1 lab image(s)" in built.stdout, built.stdout

@@ -229,7 +229,7 @@ def test_reset_forgets_everything_but_the_name(state_path):
 def test_lab_lock_refuses_a_second_holder_in_the_same_process(tmp_path):
     folder = tmp_path / "ch91-alpha"
     with lab_lock(folder, "ch91-alpha", "up"):
-        holder = (folder / "lock").read_text()
+        holder = (folder / "lock.holder").read_text()
         assert holder.startswith(f"`vmdock up` (pid {os.getpid()}) since ")
         with pytest.raises(BusyError) as info:
             with lab_lock(folder, "ch91-alpha", "destroy"):
@@ -239,9 +239,9 @@ def test_lab_lock_refuses_a_second_holder_in_the_same_process(tmp_path):
         assert exc.message == f"lab is busy: {holder}"
         assert str(exc).startswith("ch91-alpha: lab is busy: `vmdock up` (pid ")
         assert exc.hint
-        assert (folder / "lock").read_text() == holder  # the refused one wrote nothing
+        assert (folder / "lock.holder").read_text() == holder  # the refused one wrote nothing
     with lab_lock(folder, "ch91-alpha", "destroy"):
-        assert (folder / "lock").read_text().startswith("`vmdock destroy` (pid ")
+        assert (folder / "lock.holder").read_text().startswith("`vmdock destroy` (pid ")
 
 
 def test_lab_lock_is_released_when_the_body_fails(tmp_path):
@@ -275,7 +275,7 @@ def test_lab_lock_refuses_while_another_process_holds_it(tmp_path):
         proc.communicate("\n", timeout=30)
     assert proc.returncode == 0
     with lab_lock(folder, "ch91-alpha", "up"):
-        assert f"(pid {os.getpid()})" in (folder / "lock").read_text()
+        assert f"(pid {os.getpid()})" in (folder / "lock.holder").read_text()
 
 
 # -- provision.build_plan fingerprints ----------------------------------------------------

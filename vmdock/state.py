@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
-import fcntl
 import hashlib
 import json
 import os
 import secrets as _secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import filelock
 
 from . import settings
 from .errors import BusyError, StateError
@@ -206,29 +207,31 @@ def hash_paths(root: Path, rels: list[str]) -> str:
 
 
 @contextlib.contextmanager
-def lab_lock(folder: Path, lab: str, action: str):
-    """Hold the lab for one process; refuse clearly if another holds it."""
+def lab_lock(folder: Path, lab: str, action: str) -> Iterator[None]:
+    """Hold the lab for one process; refuse clearly if another holds it.
+
+    ``filelock`` (flock on Linux, LockFileEx on Windows) on ``lock``; who holds
+    it is written to ``lock.holder`` (the lock file itself is the lock's own).
+    A process killed with the lock loses it with its file descriptors.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "lock"
-    fh = open(path, "a+", encoding="utf-8")
+    lock = filelock.FileLock(str(folder / "lock"), is_singleton=False)
+    holder = folder / "lock.holder"
     try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            fh.seek(0)
-            holder = fh.read().strip() or "another vmdock process"
-            raise BusyError(
-                f"lab is busy: {holder}",
-                lab=lab,
-                hint="wait for it to finish, or stop it (Ctrl-C); its state is kept and the next run resumes",
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"`vmdock {action}` (pid {os.getpid()}) since {_now()}")
-        fh.flush()
+            who = holder.read_text(encoding="utf-8").strip()
+        except OSError:
+            who = ""
+        raise BusyError(
+            f"lab is busy: {who or 'another vmdock process'}",
+            lab=lab,
+            hint="wait for it to finish, or stop it (Ctrl-C); its state is kept and the next run resumes",
+        ) from None
+    try:
+        holder.write_text(f"`vmdock {action}` (pid {os.getpid()}) since {_now()}", encoding="utf-8")
         yield
     finally:
-        fh.close()
+        lock.release()

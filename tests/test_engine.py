@@ -327,6 +327,7 @@ def test_destroy_forgets_the_machines(setup):
     assert removed == ["machines (docker)", "cleaned", "network lease 192.168.56.0/28"] and "destroy" in world.calls
     state = engine.lab("ch97-engine").state()
     assert state.phase is Phase.DESTROYED and state.machines == {} and state.plan == []
+    assert engine.status() == []  # a destroyed lab leaves `status`
     assert not (world.root / "Vagrantfile").exists() and not (world.root / ".vagrant").exists()
 
 

@@ -21,7 +21,16 @@ from . import paths, preflight, providers, seats
 from .driver import machine_id
 from .errors import CommandError, StateError, VmdockError
 from .events import Events
-from .labhome import LabHome, UpResult, refuse_fewer_steps, ssh_argv, status_row, step_limit, step_number
+from .labhome import (
+    LabHome,
+    UpResult,
+    loaded_from,
+    refuse_fewer_steps,
+    ssh_argv,
+    status_row,
+    step_limit,
+    step_number,
+)
 from .lifecycle import Phase
 from .loader import resolve
 from .providers import NOT_CREATED, RUNNING, Provider
@@ -396,9 +405,13 @@ class Engine:
 
         if name:
             homes = [self.lab(name)]
-        else:
-            found, _ = discover(self.labs_dirs)
-            homes = [LabHome(lab) for lab in found if (paths.lab_home(lab.name) / "state.json").exists()]
+        else:  # every lab with state in this home, found through --labs-dir or through its state
+            found = {lab.name: lab for lab in discover(self.labs_dirs)[0]}
+            homes = []
+            for state_file in sorted((paths.vmdock_home() / "labs").glob("*/state.json")):
+                loaded = found.get(state_file.parent.name) or loaded_from(state_file)
+                if loaded is not None and LabHome(loaded).state().phase is not Phase.DESTROYED:
+                    homes.append(LabHome(loaded))
         return [self._status_row(home, live, refresh) for home in homes]
 
     def _status_row(self, home: LabHome, live: bool, refresh: bool) -> dict:
@@ -431,6 +444,8 @@ class Engine:
         keeps boxes: `vmdock prune` removes the unused ones.
         """
         home = self.lab(name)
+        if not home.state_file.exists():  # never up here (or destroyed): nothing to do, nothing written
+            return []
         with lab_lock(home.home, home.name, "destroy"):
             state = home.state()
             home.log.event(f"=== vmdock destroy {home.name} ===")
@@ -446,7 +461,7 @@ class Engine:
             with seats.host_lock(f"giving back {home.name}'s network"):
                 removed += [f"network lease {net}" for net in seats.release_subnet(home.instance)]
             home.vagrantfile.unlink(missing_ok=True)
-            state.reset()
+            state.reset()  # the seat's port offset stays; `status` leaves the lab out
             state.save()
         return removed
 
@@ -473,3 +488,4 @@ class Engine:
     def ssh_argv(self, name: str, machine: str | None) -> list[str]:
         home = self.lab(name)
         return ssh_argv(home, home.state(), machine)
+

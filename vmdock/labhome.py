@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import paths, seats
 from .errors import ConfigError, StateError
@@ -27,12 +28,13 @@ class LabHome:
         self.name = loaded.name
         self.home = paths.lab_home(self.name)
         self.vagrantfile = self.home / "Vagrantfile"
+        self.state_file = self.home / "state.json"
         self.log = Log(self.home / "vmdock.log")
         #: this lab under this vmdock home: what its names on the host carry
         self.instance = seats.Instance(paths.vmdock_home(), self.name)
 
     def state(self) -> LabState:
-        return LabState.load(self.home / "state.json", self.name)
+        return LabState.load(self.state_file, self.name)
 
     @property
     def machine_names(self) -> list[str]:
@@ -133,3 +135,17 @@ def refuse_fewer_steps(home: LabHome, state: LabState, limit: int | None) -> Non
             hint=f"`vmdock reset {home.name}` (back to the lab image it was made from), "
             f"or `vmdock destroy {home.name}` first",
         )
+
+
+def loaded_from(state_file: Path) -> LoadedLab | None:
+    """The lab a state file was brought up from (its ``lab_folder``), when it still loads."""
+    import json
+
+    from .errors import LabError
+    from .loader import load_lab
+
+    try:
+        folder = json.loads(state_file.read_text(encoding="utf-8")).get("lab_folder")
+        return load_lab(Path(folder)) if folder else None
+    except (OSError, ValueError, LabError):
+        return None

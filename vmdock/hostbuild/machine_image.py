@@ -259,7 +259,7 @@ def remove_machine_images(log: Log) -> list[str]:
             f"could not remove {len(failed)} machine image(s): {', '.join(r for r, _ in failed)}",
             command="docker rmi " + " ".join(r for r, _ in failed),
             stderr_tail=tail("\n".join(err for _, err in failed)),
-            hint="containers still use them: destroy those machines first (vmdock down / "
+            hint="containers still use them: destroy those machines first (vmdock destroy LAB / "
             "vagrant destroy, or docker rm -f <container>), then retry",
             log=log.path,
         )

@@ -343,6 +343,9 @@ def destroy(lab: str = LabArg):
     with events:
         removed = make_engine(events).destroy(lab)
     console.print(f"{lab}: destroyed" + (f" ({', '.join(removed)})" if removed else " (nothing was up)"))
+    if removed:
+        console.print("kept: the machine image and any lab images, shared by every lab on this host "
+                      "(`vmdock prune` removes those no machine uses)")
 
 
 @app.command()

@@ -73,12 +73,19 @@ LAB_IMAGE: list[tuple[str, list[str], float | None]] = [
 ]
 
 
-def lab_image(vmdock: list[str], lab: str, env: dict) -> list[dict]:
+def up_first(vmdock: list[str], lab: str, env: dict) -> list[dict]:
+    """`vmdock up LAB`, which the measured commands start from: [] when it worked, else its row."""
     seconds, code, out = timed(vmdock + ["up", lab], env)
-    if code != 0:
-        sys.stderr.write(out)
-        return [{"step": "up (to start from)", "command": f"vmdock up {lab}", "seconds": round(seconds, 2),
-                 "exit": code}]
+    if code == 0:
+        return []
+    sys.stderr.write(out)
+    return [{"step": "up (to start from)", "command": f"vmdock up {lab}", "seconds": round(seconds, 2), "exit": code}]
+
+
+def lab_image(vmdock: list[str], lab: str, env: dict) -> list[dict]:
+    failed = up_first(vmdock, lab, env)
+    if failed:
+        return failed
     rows = []
     for name, template, target in LAB_IMAGE:
         argv = [a.format(lab=lab) for a in template]
@@ -92,11 +99,9 @@ def lab_image(vmdock: list[str], lab: str, env: dict) -> list[dict]:
 
 
 def fast_paths(vmdock: list[str], lab: str, env: dict, repeat: int) -> list[dict]:
-    seconds, code, out = timed(vmdock + ["up", lab], env)
-    if code != 0:
-        sys.stderr.write(out)
-        return [{"step": "up (to start from)", "command": f"vmdock up {lab}", "seconds": round(seconds, 2),
-                 "exit": code}]
+    failed = up_first(vmdock, lab, env)
+    if failed:
+        return failed
     rows = []
     for name, template, target in FAST_PATHS + [("destroy", ["destroy", "{lab}"], 5.0)]:
         argv = [a.format(lab=lab) for a in template]

@@ -124,6 +124,21 @@ def _header(name: str, size: int) -> bytes:
     return buf
 
 
+class _OpenFile:
+    """A reader that holds ``self.fh`` open until ``close`` (or the end of a ``with``)."""
+
+    fh: IO[bytes]
+
+    def close(self) -> None:
+        self.fh.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class BundleWriter:
     """Appends members to an open, seekable file; ``close`` ends the tar."""
 
@@ -166,7 +181,7 @@ def copy_file(path: Path) -> Callable[[_Hashing], object]:
 # -- reading ------------------------------------------------------------------------------
 
 
-class BundleReader:
+class BundleReader(_OpenFile):
     """The members of a bundle file, found header by header (no data read)."""
 
     def __init__(self, path: Path):
@@ -190,14 +205,6 @@ class BundleReader:
             after = f" after member {self.last.name}" if self.last else ""
             raise BundleError(f"{self.path}: not a vmdock bundle, or damaged{after}: {exc}") from exc
 
-    def close(self) -> None:
-        self.fh.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _span(self, name: str) -> tuple[int, int]:
         info = self.entries[name]
@@ -273,7 +280,7 @@ class BundleReader:
         return cast(IO[bytes], stored)
 
 
-class _Slice:
+class _Slice(_OpenFile):
     """A read-only file over ``size`` bytes of ``path`` from ``offset``."""
 
     def __init__(self, path: Path, offset: int, size: int):
@@ -291,11 +298,3 @@ class _Slice:
     def readable(self) -> bool:
         return True
 
-    def close(self) -> None:
-        self.fh.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -91,6 +91,24 @@ def test_allocation_keeps_a_lease_and_avoids_host_networks_and_other_instances(t
     assert seats.allocate_subnet(seats.Instance(h1, "ch6-lamp"), lambda: host) == a
 
 
+def test_a_seat_gets_its_former_block_back_when_it_is_free(tmp_path, host_dir):
+    h1, h2 = tmp_path / "h1", tmp_path / "h2"
+    for h in (h1, h2):
+        _lab_folder(h, "ch6-lamp")
+    one, two = seats.Instance(h1, "ch6-lamp"), seats.Instance(h2, "ch6-lamp")
+    with seats.host_lock("test"):
+        first = seats.allocate_subnet(one, list)
+        seats.release_subnet(one)
+        taken = seats.allocate_subnet(two, list)  # another seat came meanwhile and took the first free block
+        assert taken == first
+        again = seats.allocate_subnet(one, list, preferred=first)
+        assert again != first  # taken: the first free one instead
+        seats.release_subnet(one)
+        seats.release_subnet(two)
+        assert seats.allocate_subnet(one, list, preferred=again) == again  # free: its own again, not the first
+        assert seats.allocate_subnet(two, list, preferred=N("10.0.0.0/28")) == first  # outside the pool: ignored
+
+
 def test_a_stale_lease_is_taken_back_and_an_unreadable_one_still_holds(tmp_path, host_dir):
     gone = seats.Instance(tmp_path / "deleted-home", "ch2-containers")
     with seats.host_lock("test"):

@@ -206,10 +206,11 @@ def _phase(home: str | None, lab: str) -> str | None:
 # -- what `vmdock up` asks before `vagrant up` --------------------------------------------
 
 
-def claim_network(inst: Instance, log: Log) -> ipaddress.IPv4Network:
-    """The instance's private network: its lease, or a free block leased now under the host lock."""
+def claim_network(inst: Instance, log: Log, preferred: ipaddress.IPv4Network | None = None) -> ipaddress.IPv4Network:
+    """The instance's private network: its lease, or a free block (``preferred`` first) leased
+    now under the host lock."""
     with host_lock(f"choosing a network for {inst.lab}"):
-        return allocate_subnet(inst, lambda: host_networks(log))
+        return allocate_subnet(inst, lambda: host_networks(log), preferred=preferred)
 
 
 def check_ports(inst: Instance, ports: list[HostPort], offset: int, log: Log) -> None:

@@ -8,6 +8,7 @@ provider makes itself.  Pure orchestration over ``seats`` (the logic),
 """
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,12 @@ if TYPE_CHECKING:
 def claim_seat(home: LabHome, state: LabState, offset: int | None) -> seats.Seat:
     """The instance's network (leased host-wide, kept in the state) and port offset
     (``offset`` as the settings give it, else the one the state recorded)."""
-    subnet = claim_network(home.instance, home.log)
+    try:  # the block it had before destroy, when free: its lab images were made with those addresses
+        before = ipaddress.ip_network(state.network) if state.network else None
+    except ValueError:
+        before = None
+    preferred = before if isinstance(before, ipaddress.IPv4Network) else None
+    subnet = claim_network(home.instance, home.log, preferred=preferred)
     if state.network != str(subnet):
         state.network = str(subnet)
         state.save()

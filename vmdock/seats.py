@@ -209,8 +209,11 @@ def allocate_subnet(
     inst: Instance,
     host_networks: Callable[[], list[tuple[ipaddress.IPv4Network, str]]],
     folder: Path | None = None,
+    preferred: ipaddress.IPv4Network | None = None,
 ) -> ipaddress.IPv4Network:
-    """The instance's block: its lease if it has one, else the first free block, leased now.
+    """The instance's block: its lease if it has one, else ``preferred`` (the block it had
+    before: its lab images' steps ran with those addresses) when that is free, else the
+    first free block; leased now.
 
     Free means: no other instance's lease and no network the host has
     (``host_networks()``: (network, where it was seen)) overlaps it.  The
@@ -228,7 +231,8 @@ def allocate_subnet(
             continue
         taken.append(lease.subnet)
     taken += [net for net, _ in host_networks()]
-    block = free_block(taken)
+    usable = preferred is not None and preferred in pool_blocks() and not any(preferred.overlaps(t) for t in taken)
+    block = preferred if usable else free_block(taken)
     if block is None:
         raise StateError(
             f"no free /{LAB_PREFIX} left in {NETWORK_POOL} for the lab's private network",

@@ -172,7 +172,8 @@ class LabState:
         self.secrets.clear()
         self.last_error = None
         self.provider = None
-        self.network = None  # given back to the pool; the port offset is the seat's and stays
+        # the lease goes back to the pool; `network` stays as the block to ask for first next
+        # time (lab images hold steps made with its addresses), the port offset stays too
         self.move(Phase.DESTROYED)
 
 

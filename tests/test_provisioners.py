@@ -4,8 +4,9 @@ Template tests are plain unit tests.  The ``e2e`` tests run the scripts for
 real in a container standing in for a machine (a docker-provider machine: PID 1
 is not systemd) started from ``debian:bookworm`` with enough privileges to run
 its own dockerd.  They need a working ``docker`` on the host and the
-``debian:bookworm`` image (imported from /var/tmp/vmdock-dev/bookworm.tar when
-only that is there); without them they are skipped, saying why.
+``debian:bookworm`` image, imported when missing from /var/tmp/vmdock-dev/bookworm.tar
+or else from vmdock's own cached rootfs (built from the Debian mirror if need be):
+no Docker Hub.  Without a docker CLI or dockerd they are skipped, saying why.
 
 Most e2e tests share one container and follow the order vmdock provisions a
 machine in (apt-mirror, install-docker, start-docker, base-image).  Each test
@@ -147,11 +148,19 @@ def _docker_ok() -> str | None:
     if subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode != 0:
         return "dockerd does not answer on this host"
     if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode != 0:
-        if HOST_TARBALL.is_file():
-            run(["docker", "import", "--change", 'CMD ["bash"]', str(HOST_TARBALL), IMAGE])
-        else:
-            return f"no {IMAGE} image on this host (and no {HOST_TARBALL})"
+        run(["docker", "import", "--change", 'CMD ["bash"]', str(_host_tarball()), IMAGE])
     return None
+
+
+def _host_tarball() -> Path:
+    """A Debian rootfs tarball: a developer's own, else vmdock's cached rootfs (built from the
+    Debian mirror when missing, as `vmdock up` does): the tests never depend on Docker Hub."""
+    if HOST_TARBALL.is_file():
+        return HOST_TARBALL
+    from vmdock.hostbuild import rootfs
+    from vmdock.runlog import Log
+
+    return rootfs.rootfs_tarball(Log(Path(tempfile.gettempdir()) / "vmdock-test-rootfs.log"))
 
 
 def _remove_stale_containers() -> None:
@@ -502,15 +511,7 @@ def test_daemon_json_is_applied(machine, tmp_path):
 
 @pytest.fixture(scope="module")
 def rootfs_tarball(tmp_path_factory) -> Path:
-    if HOST_TARBALL.is_file():
-        return HOST_TARBALL
-    out = tmp_path_factory.mktemp("rootfs") / "bookworm.tar"
-    cid = run(["docker", "create", IMAGE, "true"]).stdout.strip()
-    try:
-        run(["docker", "export", "-o", str(out), cid])
-    finally:
-        run(["docker", "rm", "-f", cid], check=False)
-    return out
+    return _host_tarball()
 
 
 @pytest.mark.e2e

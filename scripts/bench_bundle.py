@@ -65,7 +65,7 @@ def machine_image(rootfs: Path) -> str:
     refs = docker("image", "ls", "--filter", f"label={mi.ROLE_LABEL}", "--format", fmt).stdout.split()
     if not refs:
         sys.exit("no machine image here: `vmdock box build --provider docker` first")
-    current = mi.machine_image_tag(rf.apt_mirror())
+    current = mi.machine_image_tag()
     return current if current in refs else refs[0]
 
 

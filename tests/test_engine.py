@@ -217,6 +217,20 @@ def test_first_up_runs_everything_then_a_second_up_asks_only_the_provider(setup)
     assert world.scripts == []
 
 
+def test_a_new_apt_mirror_rewrites_the_sources_and_nothing_else(setup):
+    """A classroom's mirror differs from the teacher's (or does not answer): the machines keep
+    Docker, the base image and every step; only the apt sources are written again."""
+    engine, world, _ = setup()
+    engine.up("ch97-engine")
+    base = labimages.base_fingerprint(engine.settings, "docker", "vmdock/machine:x")
+    world.scripts.clear()
+    engine.settings = Settings(provider="docker", apt_mirror="http://127.0.0.1:9/debian")
+    again = engine.up("ch97-engine")
+    assert sorted(name for _, name in world.scripts) == ["apt-mirror", "apt-mirror"]  # one per machine
+    assert again.ran == 2
+    assert labimages.base_fingerprint(engine.settings, "docker", "vmdock/machine:x") == base
+
+
 def test_status_shows_the_last_good_step_in_plan_order(setup):
     engine, world, _ = setup()
     engine.up("ch97-engine")

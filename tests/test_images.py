@@ -323,16 +323,15 @@ def _processes_in(directory: Path) -> list[int]:
 # the machine image
 
 
-def test_machine_image_builds_once_then_is_cached(log):
+TEST_REPO = "vmdock-test/machine"  # the tests' own images: never the one other tests and users run
+
+
+def test_machine_image_builds_once_then_is_cached(log, monkeypatch):
     """(a) Built from the cached rootfs; a second call only inspects."""
     tarball = rootfs.rootfs_tarball(log)
-    # Another spelling of the default mirror: the same packages, but its own
-    # tag, so this test really builds without touching the image other tests
-    # (and other vmdock users of this dockerd) use.
-    mirror = "http://deb.debian.org:80/debian"
-    if os.environ.get("VMDOCK_APT_MIRROR"):
-        mirror = os.environ["VMDOCK_APT_MIRROR"].rstrip("/") + "/./"
-    tag = mi.machine_image_tag(rootfs.apt_mirror(mirror))
+    monkeypatch.setattr(mi, "MACHINE_IMAGE_REPO", TEST_REPO)
+    mirror = rootfs.apt_mirror()
+    tag = mi.machine_image_tag()
     _docker("rmi", tag, check=False)
     try:
         started = time.monotonic()
@@ -341,7 +340,7 @@ def test_machine_image_builds_once_then_is_cached(log):
         assert len(_commands(log, "docker build")) == 1
         assert len(_commands(log, "docker import")) == 1
         assert not _commands(log, "debootstrap")
-        assert tag.startswith("vmdock/machine:debian12-")
+        assert tag.startswith(f"{TEST_REPO}:debian12-")
 
         before = len(_commands(log, "docker"))
         started = time.monotonic()
@@ -369,11 +368,15 @@ def test_machine_image_builds_once_then_is_cached(log):
 def test_machine_image_tag_is_pure(log):
     """The tag is known without building or running anything, and changes
     with what the image is built from."""
-    tag = mi.machine_image_tag("http://deb.debian.org/debian")
+    tag = mi.machine_image_tag()
     assert re.fullmatch(r"vmdock/machine:debian12-[0-9a-f]{12}", tag)
-    assert mi.machine_image_tag("http://deb.debian.org/debian") == tag
-    assert mi.machine_image_tag("http://127.0.0.1:3142/debian") != tag
-    assert mi.machine_image_tag("http://deb.debian.org/debian", "trixie").startswith("vmdock/machine:debian13-")
+    assert mi.machine_image_tag("bookworm") == tag
+    assert mi.machine_image_tag("trixie").startswith("vmdock/machine:debian13-")
+    # not the apt mirror: an image a teacher built serves a classroom with another mirror, or none
+    for mirror in ("http://127.0.0.1:3142/debian", "http://127.0.0.1:9/debian"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("VMDOCK_APT_MIRROR", mirror)
+            assert mi.machine_image_tag() == tag
     assert not log.path.exists(), "computing the tag ran commands"
 
 
@@ -401,7 +404,7 @@ def test_render_builds_nothing(tmp_path):
     seconds = time.monotonic() - started
     assert out.returncode == 0, out.stderr
     vagrantfile = (tmp_path / "home" / "labs" / "ch5-ssh" / "Vagrantfile").read_text()
-    assert f'"{mi.machine_image_tag(rootfs.DEFAULT_MIRROR)}"' in vagrantfile
+    assert f'"{mi.machine_image_tag()}"' in vagrantfile
     assert "--cap-drop=SYS_RESOURCE" in vagrantfile or "--privileged" in vagrantfile
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
     log_text = "".join(p.read_text() for p in (tmp_path / "home").rglob("*.log"))
@@ -411,11 +414,12 @@ def test_render_builds_nothing(tmp_path):
     assert seconds < 30, seconds
 
 
-def test_machine_image_build_failure_leaves_nothing_behind(log):
+def test_machine_image_build_failure_leaves_nothing_behind(log, monkeypatch):
     """apt inside the build cannot reach the mirror: a CommandError that
     names the mirror, and neither the temporary import nor the images of the
     steps that worked stay behind."""
     rootfs.rootfs_tarball(log)  # cached: what fails is apt in the build
+    monkeypatch.setattr(mi, "MACHINE_IMAGE_REPO", TEST_REPO)
     with pytest.raises(CommandError) as info:
         mi.ensure_machine_image(log, mirror=DEAD_MIRROR)
     err = info.value
@@ -423,7 +427,7 @@ def test_machine_image_build_failure_leaves_nothing_behind(log):
     assert "docker build" in (err.command or "")
     assert err.hint and DEAD_MIRROR in err.hint
     assert err.stderr_tail.strip()
-    tag = mi.machine_image_tag(DEAD_MIRROR)
+    tag = mi.machine_image_tag()
     assert not mi.image_exists(log, tag)
     text = log.path.read_text()
     step_ids = set(re.findall(r"^     ---> ([0-9a-f]{12})$", text, re.M))

@@ -43,14 +43,11 @@ from .bundle_manifest import (
 from .bundle_sources import Plan, Source, lab_fingerprint, plan
 from .errors import BundleError, CommandError, LabError, tail
 from .events import Events
-from .hostbuild import fsutil, rootfs
+from .hostbuild import fsutil
 from .loader import LoadedLab, resolve
 from .providers.libvirt import vagrant_plugin_installed
 from .runlog import Log, quote, run
 from .settings import Settings
-
-#: The label ``hostbuild.machine_image.ensure_machine_image`` gives the machine image: the apt mirror it was built with.
-MIRROR_LABEL = "vmdock.mirror"
 
 
 def log_file() -> Log:
@@ -173,8 +170,6 @@ def import_bundle(path: Path, events: Events, log: Log) -> list[Outcome]:
     for o in outcomes:
         if o.member.kind == "box" and o.status == "imported":
             o.note = _register_box(o.member, log)
-        elif o.member.kind == "docker-images":
-            o.note = _mirror_note(o.member, log)
     return outcomes
 
 
@@ -272,19 +267,6 @@ def _move(src: Path, dest: Path) -> None:
 def _rollback(refs: list[str], log: Log) -> None:
     for ref in refs:
         run(["docker", "rmi", ref], log, check=False, timeout=120)
-
-
-def _mirror_note(m: Member, log: Log) -> str:
-    """The machine image is used only with the apt mirror it was built with (its tag covers it)."""
-    here = rootfs.apt_mirror()
-    for r in m.images:
-        fmt = f'{{{{index .Config.Labels "{MIRROR_LABEL}"}}}}'
-        result = run(["docker", "image", "inspect", "--format", fmt, r.ref], log, check=False, timeout=60)
-        built = result.stdout.strip() if result.returncode == 0 else ""
-        if built and built != "<no value>" and built != here:
-            return (f"{r.ref} was built with apt mirror {built}; vmdock uses it only with "
-                    f"{rootfs.MIRROR_ENV}={built} (here: {here}), else it builds the machine image anew")
-    return ""
 
 
 def _register_box(m: Member, log: Log) -> str:

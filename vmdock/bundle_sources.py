@@ -108,13 +108,13 @@ def _needs_sources(loaded: LoadedLab, entry: LabEntry, index: dict[str, Path], d
     return out
 
 
-def _machine_images(log: Log, settings: Settings, notes: list[str]) -> list[ImageRef]:
-    """The machine image `vmdock up` would use here (its tag covers the rootfs and the mirror), else every one."""
+def _machine_images(log: Log, notes: list[str]) -> list[ImageRef]:
+    """The machine image `vmdock up` would use here (its tag is computed), else every one."""
     found = _docker_images(log, f"label={machine_image.ROLE_LABEL}")
     if not found:
         notes.append("no docker-provider machine image here (`vmdock box build --provider docker` makes it)")
         return []
-    current = machine_image.machine_image_tag(rootfs.apt_mirror(settings.apt_mirror))
+    current = machine_image.machine_image_tag()
     chosen = [r for r in found if r.ref == current]
     if not chosen:
         notes.append(f"none of the {len(found)} machine images here is the one this vmdock builds "
@@ -132,7 +132,7 @@ def plan(labs: list[LoadedLab], settings: Settings, log: Log) -> Plan:
     docker_ok, detail = docker_daemon()
     host: list[ImageRef] = []
     if docker_ok:
-        host = _machine_images(log, settings, notes)
+        host = _machine_images(log, notes)
     else:
         notes.append(f"dockerd is not reachable ({detail}): no docker images in the bundle")
     bundled = needs.bundle_images_dir()

@@ -97,9 +97,10 @@ def base_fingerprint(settings: Settings, provider: str, machine_image: str) -> s
         f"machine image {machine_image}",
         f"provisioners {_dir_hash(paths.PROVISIONERS_DIR)}",
         f"templates {_dir_hash(paths.TEMPLATES_DIR)}",
-        json.dumps([settings.apt_mirror, settings.apt_security_mirror, settings.docker_source,
-                    settings.docker_ce_mirror, list(settings.registry_mirrors), list(settings.insecure_registries),
-                    settings.pull_base]),
+        # Not the apt mirrors: where packages come from is not what the machines are
+        # (a bundle's images serve a classroom whose mirror differs, or does not answer).
+        json.dumps([settings.docker_source, settings.docker_ce_mirror, list(settings.registry_mirrors),
+                    list(settings.insecure_registries), settings.pull_base]),
     ):
         h.update(part.encode() + b"\0")
     return h.hexdigest()

@@ -5,7 +5,9 @@ chains the one before it.  Per machine: apt sources → install Docker → write
 daemon.json and start the daemon → base image → lab files; these run for all
 machines side by side.  Then the lab's own steps, in order, each on its
 machines.  An item whose fingerprint is in the state file is skipped, so a
-re-run resumes at the first item that failed or changed.
+re-run resumes at the first item that failed or changed.  The apt sources are
+outside the chain: the mirror is where packages come from, so changing it
+rewrites the sources and re-runs nothing else.
 """
 from __future__ import annotations
 
@@ -153,7 +155,12 @@ def _apt_item(ctx: Context) -> tuple[str, list, Callable]:
     def action(t: Transport) -> None:
         if sources:
             t.put_bytes(sources.encode(), posixpath.join(REMOTE_TMP, "debian.sources"))
-        t.run_script(script, env=env, name="apt-mirror", timeout=BUILTIN_TIMEOUT, step="apt sources")
+        # `apt-get update` proves the mirror (the old sources are put back when it fails),
+        # but only a machine without Docker needs apt next: a machine from a lab image or
+        # a machine image in a classroom whose mirror is closed still comes up.
+        has_docker = t.run("command -v dockerd >/dev/null 2>&1", check=False).exit_code == 0
+        run_env = {**env, "VMDOCK_APT_UPDATE": "0" if has_docker else "1"}
+        t.run_script(script, env=run_env, name="apt-mirror", timeout=BUILTIN_TIMEOUT, step="apt sources")
 
     return "apt sources", [script, sources, json.dumps(env, sort_keys=True)], action
 
@@ -201,10 +208,11 @@ def _base_image_item(ctx: Context):
         "VMDOCK_BASE_IMAGE": lab.base_image,
         "VMDOCK_BASE_TARBALL": remote_tar if tarball else "",
         "VMDOCK_BASE_PULL": "1" if ctx.settings.pull_base or ctx.settings.registry_mirrors else "0",
-        "VMDOCK_APT_MIRROR": ctx.settings.apt_mirror or "",
         "VMDOCK_BASE_SUITE": "bookworm",
     }
     identity = f"{tarball.name}:{tarball.stat().st_size}:{tarball.stat().st_mtime_ns}" if tarball else "no-tarball"
+    # the mirror is used only to build the base image in the machine; it is not what the image is
+    env_run = {**env, "VMDOCK_APT_MIRROR": ctx.settings.apt_mirror or ""}
 
     def action(t: Transport) -> None:
         present = t.run(f"sudo -n docker image inspect {shlex.quote(lab.base_image)} >/dev/null 2>&1", check=False)
@@ -212,7 +220,7 @@ def _base_image_item(ctx: Context):
             return  # a re-provisioned machine keeps its images: no upload
         if tarball:
             t.put_file(str(tarball), remote_tar)
-        t.run_script(script, env=env, name="base-image", timeout=BUILTIN_TIMEOUT, step="base image")
+        t.run_script(script, env=env_run, name="base-image", timeout=BUILTIN_TIMEOUT, step="base image")
         if tarball:
             t.run(f"rm -f {remote_tar}", check=False)
         elif not ctx.base_cache.exists():
@@ -345,6 +353,10 @@ def build_plan(ctx: Context, machine_ids: dict[str, str]) -> list[Item]:
             if made is None:  # does not apply to this lab
                 continue
             title, parts, action = made
+            if short == "apt":
+                # the apt sources chain nothing: a new mirror rewrites them, and installs nothing again
+                items.append(Item(f"{m.name}:{short}", m.name, title, fingerprint(fp, short, *parts), action, True))
+                continue
             fp = fingerprint(fp, short, *parts)
             items.append(Item(f"{m.name}:{short}", m.name, title, fp, action, True))
             if short not in ("files", "images"):

@@ -137,18 +137,21 @@ def image_exists(log: Log, ref: str) -> bool:
 # the image
 
 
-def machine_image_tag(mirror: str, suite: str = DEFAULT_SUITE) -> str:
+def machine_image_tag(suite: str = DEFAULT_SUITE) -> str:
     """``vmdock/machine:debian12-<hash>``, computed without building anything.
 
     The hash covers the files of ``templates/machine`` (the Dockerfile, the
-    keys), the mirror, the suite and the architecture.  Not the rootfs
-    tarball: a minbase of the same suite from the same mirror is the same
-    system, so an image built from another home's rootfs serves every home.
+    keys), the suite and the architecture.  Not the rootfs tarball, nor the
+    apt mirror: a mirror is where the packages come from, not what they are
+    (a minbase of one suite is the same system from any mirror), so an image
+    built by another home, or by a teacher with another mirror (a bundle),
+    serves every home.  The machines' apt sources are written at `up` by the
+    "apt sources" item, for the mirror of the moment.
     """
     h = hashlib.sha256()
     for f in sorted(p for p in MACHINE_TEMPLATE_DIR.iterdir() if p.is_file()):
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    h.update(f"mirror={mirror}\0suite={suite}\0arch={debian_arch()}".encode())
+    h.update(f"suite={suite}\0arch={debian_arch()}".encode())
     return f"{MACHINE_IMAGE_REPO}:{SUITE_LABELS.get(suite, suite)}-{h.hexdigest()[:12]}"
 
 
@@ -169,7 +172,7 @@ def ensure_machine_image(log: Log, *, mirror: str | None = None, on_line: LineSi
         )
     mirror = apt_mirror(mirror)
     suite = DEFAULT_SUITE
-    tag = machine_image_tag(mirror, suite)
+    tag = machine_image_tag(suite)
     if image_exists(log, tag):
         log.event(f"machine image {tag}: present")
         return tag

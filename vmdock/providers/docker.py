@@ -271,9 +271,9 @@ class DockerProvider(Provider):
 
     def base_image(self) -> str:
         """The machine image `up` would use now (its tag is computed, nothing is built)."""
-        from ..hostbuild import machine_image, rootfs
+        from ..hostbuild import machine_image
 
-        return machine_image.machine_image_tag(rootfs.apt_mirror(self.mirror))
+        return machine_image.machine_image_tag()
 
     def lab_images(self, log: Log) -> list[LabImage]:
         from ..labimages import ROLE, LabImage

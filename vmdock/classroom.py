@@ -8,10 +8,11 @@ did inside, the lab is back where `up` left it.
 """
 from __future__ import annotations
 
+import ipaddress
 import time
 from typing import TYPE_CHECKING
 
-from . import __version__, labimages, paths, providers
+from . import __version__, labimages, paths, providers, seats
 from .errors import ProviderError, StateError
 from .lifecycle import Phase
 from .runlog import Log
@@ -30,7 +31,7 @@ class Classroom:
         self.events = engine.events
 
     def seeds(
-        self, home: LabHome, state: LabState, provider: providers.Provider, limit: int | None
+        self, home: LabHome, state: LabState, provider: providers.Provider, limit: int | None, seat: seats.Seat
     ) -> dict[str, LabImage]:
         """The lab images new machines are made from (machine → image): the ones the lab was
         made from before (`reset`), else the best match; {} when none fits."""
@@ -51,7 +52,24 @@ class Classroom:
             self.events.info(f"starting from the lab image {', '.join(i.tag for i in choice.images.values())} "
                              f"(built {sample.built_at}, {len(sample.steps)} items done); "
                              "`--no-image` takes the full path")
+            made_on = sample.state.get("network")
+            if made_on and made_on != str(seat.subnet):
+                self.events.info(f"the lab image was made on the network {made_on}, which another lab holds here; "
+                                 f"this lab has {seat.subnet}: the steps run again with its addresses")
         return choice.images
+
+    def image_network(self, home: LabHome, provider: providers.Provider) -> ipaddress.IPv4Network | None:
+        """The network block the newest lab image of this lab was made on (its steps used those
+        addresses): the block a new seat asks for first, so the image fits it."""
+        found = sorted((i for i in provider.lab_images(home.log) if i.lab == home.name and i.state.get("network")),
+                       key=lambda i: i.built_at)
+        if not found:
+            return None
+        try:
+            net = ipaddress.ip_network(found[-1].state["network"])
+        except ValueError:
+            return None
+        return net if isinstance(net, ipaddress.IPv4Network) else None
 
     def build_image(self, name: str, *, no_steps: bool = False) -> list[LabImage]:
         """Capture the lab's machines as lab images (one per machine).
@@ -99,6 +117,7 @@ class Classroom:
             "steps": {key: state.steps[key] for key in done},
             "exports": state.exports,
             "secrets": state.secrets,
+            "network": state.network,  # the steps ran with these addresses; a new seat asks for the same block
             "machines": {m: {"origin": rec.get("origin") or rec["id"], "boots": rec.get("boots", 0)}
                          for m, rec in state.machines.items()},
         }

@@ -182,12 +182,12 @@ class Engine:
 
         refuse_fewer_steps(home, state, limit)
         provider = self.choose_provider(home, state)
-        seat = preflight.claim_seat(home, state, self.settings.port_offset)  # the plan needs its addresses
-        seeds = {}
-        if use_images and not state.machines and provider.supports_lab_images:
-            from .classroom import Classroom
+        from .classroom import Classroom
 
-            seeds = Classroom(self).seeds(home, state, provider, limit)
+        from_images = use_images and not state.machines and provider.supports_lab_images
+        image_network = Classroom(self).image_network(home, provider) if from_images and not state.network else None
+        seat = preflight.claim_seat(home, state, self.settings.port_offset, image_network)  # the plan needs it
+        seeds = Classroom(self).seeds(home, state, provider, limit, seat) if from_images else {}
         if not use_images and not state.machines:
             state.lab_images = {}
         lab_images = {m: image.tag for m, image in seeds.items()} or state.lab_images

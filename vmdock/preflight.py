@@ -24,14 +24,19 @@ if TYPE_CHECKING:
     from .state import LabState
 
 
-def claim_seat(home: LabHome, state: LabState, offset: int | None) -> seats.Seat:
+def claim_seat(home: LabHome, state: LabState, offset: int | None,
+               image_network: ipaddress.IPv4Network | None = None) -> seats.Seat:
     """The instance's network (leased host-wide, kept in the state) and port offset
-    (``offset`` as the settings give it, else the one the state recorded)."""
-    try:  # the block it had before destroy, when free: its lab images were made with those addresses
+    (``offset`` as the settings give it, else the one the state recorded).
+
+    A block is asked for first when free: the one the instance had before destroy, else
+    ``image_network`` (the block the lab image it may start from was made on); the steps in a
+    lab image ran with those addresses."""
+    try:
         before = ipaddress.ip_network(state.network) if state.network else None
     except ValueError:
         before = None
-    preferred = before if isinstance(before, ipaddress.IPv4Network) else None
+    preferred = before if isinstance(before, ipaddress.IPv4Network) else image_network
     subnet = claim_network(home.instance, home.log, preferred=preferred)
     if state.network != str(subnet):
         state.network = str(subnet)

@@ -206,13 +206,14 @@ def _base_image_item(ctx: Context):
     remote_tar = posixpath.join(REMOTE_TMP, "rootfs" + suffix)
     env = {
         "VMDOCK_BASE_IMAGE": lab.base_image,
-        "VMDOCK_BASE_TARBALL": remote_tar if tarball else "",
         "VMDOCK_BASE_PULL": "1" if ctx.settings.pull_base or ctx.settings.registry_mirrors else "0",
         "VMDOCK_BASE_SUITE": "bookworm",
     }
-    identity = f"{tarball.name}:{tarball.stat().st_size}:{tarball.stat().st_mtime_ns}" if tarball else "no-tarball"
-    # the mirror is used only to build the base image in the machine; it is not what the image is
-    env_run = {**env, "VMDOCK_APT_MIRROR": ctx.settings.apt_mirror or ""}
+    # What the image is made from (the host's rootfs tarball, else debootstrap from the mirror in
+    # the machine) is not part of the item's identity: a machine that has the image keeps it (see
+    # the action), so a classroom host with no rootfs cache or another mirror re-runs nothing.
+    env_run = {**env, "VMDOCK_BASE_TARBALL": remote_tar if tarball else "",
+               "VMDOCK_APT_MIRROR": ctx.settings.apt_mirror or ""}
 
     def action(t: Transport) -> None:
         present = t.run(f"sudo -n docker image inspect {shlex.quote(lab.base_image)} >/dev/null 2>&1", check=False)
@@ -232,7 +233,7 @@ def _base_image_item(ctx: Context):
                 t.get_file(built, str(part))
                 part.replace(ctx.base_cache)
 
-    return f"base image {lab.base_image}", [script, json.dumps(env, sort_keys=True), identity], action
+    return f"base image {lab.base_image}", [script, json.dumps(env, sort_keys=True)], action
 
 
 def _images_item(ctx: Context):

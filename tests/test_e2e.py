@@ -194,6 +194,35 @@ def test_student_mode_then_the_steps(env, tmp_path):
         vmdock(env, *args, "destroy", "resume-lab", check=False)
 
 
+def test_student_does_the_printed_steps_over_vmdock_ssh(env, tmp_path):
+    """Student mode as a student lives it: `verify` shows expected vs seen, the student types
+    what `vmdock steps` prints into `vmdock ssh` (as root, the way the printout says), and
+    `verify` passes."""
+    labs = classroom_lab(tmp_path)
+    args = ["--labs-dir", str(labs)]
+    clean_start(env, "resume-lab", labs)
+    try:
+        vmdock(env, *args, "up", "resume-lab", "--no-steps", "--no-image")
+        failed = json.loads(vmdock(env, *args, "verify", "resume-lab", "--json", check=False).stdout)
+        seen = {c["name"]: c for c in failed["checks"]}
+        assert not seen["second step ran after the fix"]["passed"]
+        assert "fixed" in seen["second step ran after the fix"]["expected"]
+
+        printed = vmdock(env, *args, "steps", "resume-lab").stdout
+        assert "## 4 a container that keeps running" in printed
+        typed = subprocess.run(
+            [sys.executable, "-m", "vmdock", *args, "ssh", "resume-lab", "box", "--", "sudo", "-i", "bash", "-e"],
+            env=env, input=printed, capture_output=True, text=True, timeout=600, check=False,
+        )
+        assert typed.returncode == 0, typed.stdout + typed.stderr
+        assert "first step ran 1 time(s)" in typed.stdout
+        assert "4 passed, 0 failed" in vmdock(env, *args, "verify", "resume-lab").stdout
+        # `vmdock ssh -- CMD` returns the command's own exit code
+        assert vmdock(env, *args, "ssh", "resume-lab", "--", "sh", "-c", "exit 7", check=False).returncode == 7
+    finally:
+        vmdock(env, *args, "destroy", "resume-lab", check=False)
+
+
 def test_lab_image_then_up_from_it_and_reset(env, tmp_path):
     labs = classroom_lab(tmp_path)
     args = ["--labs-dir", str(labs)]

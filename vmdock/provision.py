@@ -158,7 +158,7 @@ def _apt_item(ctx: Context) -> tuple[str, list, Callable]:
         # `apt-get update` proves the mirror (the old sources are put back when it fails),
         # but only a machine without Docker needs apt next: a machine from a lab image or
         # a machine image in a classroom whose mirror is closed still comes up.
-        has_docker = t.run("command -v dockerd >/dev/null 2>&1", check=False).exit_code == 0
+        has_docker = t.run("sudo -n sh -c 'command -v dockerd' >/dev/null 2>&1", check=False).exit_code == 0
         run_env = {**env, "VMDOCK_APT_UPDATE": "0" if has_docker else "1"}
         t.run_script(script, env=run_env, name="apt-mirror", timeout=BUILTIN_TIMEOUT, step="apt sources")
 

@@ -4,7 +4,7 @@
     python scripts/bench.py ch6-lamp              # warm: caches as they are
     python scripts/bench.py ch6-lamp --cold       # cold: empty rootfs cache, no machine image
     python scripts/bench.py ch2-containers --fast-paths
-    python scripts/bench.py ch6-lamp --lab-image
+    python scripts/bench.py ch6-lamp --lab-image [--offline-bundle]
 
 The default mode prints the wall time of: first `up`, the no-op second `up`,
 `verify`, `destroy`.  ``--fast-paths`` brings the lab up (untimed), then times
@@ -13,7 +13,9 @@ median): the no-op `up`, `list`, `status`, `status --refresh`, `render`, and
 last `destroy`, each printed with its command line.  ``--lab-image`` brings
 the lab up (untimed), then times `image build` of the lab that is up,
 `destroy` (the image stays), `up` from the lab image, `verify`, `reset`,
-`verify`, `destroy`.  Uses its own VMDOCK_HOME
+`verify`, `destroy`; with ``--offline-bundle`` then `bundle export`, the
+lab image removed, `bundle import`, `up` with an apt mirror that does not
+answer, `verify`, `destroy`.  Uses its own VMDOCK_HOME
 (a temp folder) unless VMDOCK_HOME is set, and the user's cache (VMDOCK_CACHE
 or the default); --cold uses an empty cache and removes the machine images first.
 """
@@ -82,19 +84,48 @@ def up_first(vmdock: list[str], lab: str, env: dict) -> list[dict]:
     return [{"step": "up (to start from)", "command": f"vmdock up {lab}", "seconds": round(seconds, 2), "exit": code}]
 
 
-def lab_image(vmdock: list[str], lab: str, env: dict) -> list[dict]:
-    failed = up_first(vmdock, lab, env)
-    if failed:
-        return failed
-    rows = []
-    for name, template, target in LAB_IMAGE:
-        argv = [a.format(lab=lab) for a in template]
-        seconds, code, out = timed(vmdock + argv, env)
+#: then the lab carried in a bundle to a home with no lab image and an apt mirror that does not answer
+CLOSED_MIRROR = "http://127.0.0.1:9/debian"
+OFFLINE: list[tuple[str, list[str], float | None]] = [
+    ("bundle export", ["bundle", "export", "{bundle}", "{lab}"], None),
+    ("bundle import", ["bundle", "import", "{bundle}"], 60.0),
+    ("up (offline)", ["up", "{lab}"], 20.0),
+    ("verify (offline)", ["verify", "{lab}"], None),
+    ("destroy", ["destroy", "{lab}"], 5.0),
+]
+
+
+def run_rows(vmdock: list[str], steps: list, env: dict, rows: list[dict], **values) -> bool:
+    """Time each step into ``rows``; False at the first that fails (its output goes to stderr)."""
+    for name, template, target in steps:
+        argv = [a.format(**values) for a in template]
+        if name == "bundle import":  # the student's host: the lab image is not there yet
+            remove_lab_images(values["lab"])
+        where = env if not name.endswith("(offline)") else dict(env, VMDOCK_APT_MIRROR=CLOSED_MIRROR)
+        seconds, code, out = timed(vmdock + argv, where)
         rows.append({"step": name, "command": "vmdock " + shlex.join(argv), "seconds": round(seconds, 2),
                      "target": target, "exit": code})
         if code != 0:
             sys.stderr.write(out)
-            break
+            return False
+    return True
+
+
+def remove_lab_images(lab: str) -> None:
+    ids = subprocess.run(["docker", "images", "-q", "--filter", "label=vmdock.role=lab-image",
+                          "--filter", f"label=vmdock.lab={lab}"], capture_output=True, text=True, check=False)
+    if ids.stdout.split():
+        subprocess.run(["docker", "rmi", "-f", *dict.fromkeys(ids.stdout.split())], capture_output=True, check=False)
+
+
+def lab_image(vmdock: list[str], lab: str, env: dict, offline: bool) -> list[dict]:
+    failed = up_first(vmdock, lab, env)
+    if failed:
+        return failed
+    rows: list[dict] = []
+    if run_rows(vmdock, LAB_IMAGE, env, rows, lab=lab) and offline:
+        with tempfile.TemporaryDirectory(prefix="vmdock-bench-bundle-") as tmp:
+            run_rows(vmdock, OFFLINE, env, rows, lab=lab, bundle=os.path.join(tmp, "class.vmdock"))
     return rows
 
 
@@ -130,6 +161,9 @@ def main() -> int:
     ap.add_argument("--cold", action="store_true", help="start with no rootfs cache and no machine image")
     ap.add_argument("--fast-paths", action="store_true", help="time the commands that must be quick")
     ap.add_argument("--lab-image", action="store_true", help="time image build, up from the image, reset")
+    ap.add_argument("--offline-bundle", action="store_true",
+                    help="with --lab-image: then bundle export, the lab image removed, import, "
+                         f"`up` with VMDOCK_APT_MIRROR={CLOSED_MIRROR}, verify")
     ap.add_argument("--repeat", type=int, default=5, help="runs per fast path (best and median are shown)")
     ap.add_argument("--provider", default=os.environ.get("VMDOCK_PROVIDER", "docker"))
     ap.add_argument("--json", action="store_true")
@@ -151,7 +185,7 @@ def main() -> int:
     if args.fast_paths:
         rows = fast_paths(vmdock, args.lab, env, args.repeat)
     elif args.lab_image:
-        rows = lab_image(vmdock, args.lab, env)
+        rows = lab_image(vmdock, args.lab, env, args.offline_bundle)
     else:
         subprocess.run(vmdock + ["destroy", args.lab], env=env, capture_output=True, check=False)
         rows = lifecycle(vmdock, args.lab, env)

@@ -6,7 +6,8 @@ A machine's inner dockerd keeps its data in an anonymous volume at
 character devices, ``trusted.overlay.*`` xattrs) be nested in an image layer
 safely.  So capture:
 
-1. records the inner containers that run (``/var/lib/vmdock/running-containers``);
+1. records the inner containers that run (``/var/lib/vmdock/running-containers``),
+   except a swarm service's tasks, which the restored swarm starts itself;
 2. stops the inner dockerd cleanly (vmdock's supervisor, or the init script);
 3. packs /var/lib/docker, xattrs included, into ONE file of the container's
    own filesystem: ``/var/lib/vmdock/docker-data.tar``;
@@ -58,12 +59,28 @@ start_recorded() {{
     done
     for c in $left; do docker start "$c" >/dev/null; done
 }}
+# on a swarm manager, wait (at most 90 s) until every service runs all its tasks again, as
+# when the image was made: the workers come back at the same time and swarm reschedules
+wait_swarm() {{
+    [ "$(docker info --format '{{{{.Swarm.ControlAvailable}}}}' 2>/dev/null)" = true ] || return 0
+    local replicas
+    for _ in $(seq 1 180); do
+        replicas=$(docker service ls --format '{{{{.Name}}}} {{{{.Replicas}}}}' 2>/dev/null) ||
+            {{ sleep 0.5; continue; }}
+        echo "$replicas" | awk '{{ split($2, r, "/"); if (r[1] != r[2]) bad = 1 }} END {{ exit bad }}' && return 0
+        sleep 0.5
+    done
+    echo "vmdock-lab-restore: swarm services still converging after 90 s: ${{replicas//$'\\n'/, }}" >&2
+}}
 """
 
 _STOP_AND_PACK = f"""\
 set -euo pipefail
 mkdir -p {STATE_DIR}
-docker ps -q --no-trunc | tac > {RUNNING}  # oldest first
+# oldest first; not a swarm service's tasks: swarm starts those itself (a task started
+# by hand fails with "secret store is not initialized", and swarm would replace it anyway)
+task='{{{{.Label "com.docker.swarm.task.id"}}}}'
+docker ps --no-trunc --format "{{{{.ID}}}} $task" | awk '$2 == "" {{print $1}}' | tac >{RUNNING}
 sup=$(cat /var/run/vmdock-dockerd.pid 2>/dev/null || true)
 if [ -n "$sup" ] && kill -0 "$sup" 2>/dev/null; then
     kill -TERM "$sup"
@@ -97,6 +114,7 @@ fi
 if [ "$status" = ok ]; then
     start_recorded || status="starting the lab's containers failed"
 fi
+[ "$status" = ok ] && wait_swarm
 echo "$status" > {STATUS}.new && mv -f {STATUS}.new {STATUS}
 echo "vmdock-lab-restore: $(date -u +%FT%TZ) $status"
 """
@@ -117,6 +135,7 @@ set -euo pipefail
 rm -f {DATA_TAR}
 bash {START_DOCKER} >/dev/null
 start_recorded
+wait_swarm
 """
 
 

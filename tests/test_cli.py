@@ -116,7 +116,7 @@ def test_ctrl_c_is_exit_130_without_traceback(capsys, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.labs, "discover", interrupted)
+    monkeypatch.setattr(cli.labs, "summaries", interrupted)
     code, _, err = run(capsys, "list")
     assert code == 130 and "Traceback" not in err
 

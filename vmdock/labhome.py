@@ -28,7 +28,7 @@ class LabHome:
         self.name = loaded.name
         self.home = paths.lab_home(self.name)
         self.vagrantfile = self.home / "Vagrantfile"
-        self.state_file = self.home / "state.json"
+        self.state_file = paths.state_file(self.name)
         self.log = Log(self.home / "vmdock.log")
         #: this lab under this vmdock home: what its names on the host carry
         self.instance = seats.Instance(paths.vmdock_home(), self.name)

@@ -27,7 +27,8 @@ from .providers import NOT_CREATED, RUNNING, Provider
 from .state import LabState, lab_lock
 
 if TYPE_CHECKING:
-    from .provision import Context, Item
+    from .labcontext import Context
+    from .provision import Item
     from .transport import Transport
     from .verify import CheckResult
 
@@ -244,7 +245,7 @@ class Engine(LabControl):
 
     def _context(self, home: LabHome, state: LabState) -> Context:
         from .hostbuild import rootfs
-        from .provision import Context
+        from .labcontext import Context
         from .render import machine_ips
 
         if not state.network:

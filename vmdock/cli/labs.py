@@ -120,8 +120,8 @@ def steps(lab: str = LabArg):
     """The commands a student would type to do the case by hand, machine by machine."""
     from ipaddress import IPv4Network
 
+    from ..labcontext import exports_file, remote_lab_dir, step_env
     from ..labhome import LabHome
-    from ..provision import exports_file, remote_lab_dir, step_env
     from ..render import machine_ips
 
     loaded = resolve_lab(lab)

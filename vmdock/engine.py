@@ -146,16 +146,7 @@ class Engine(LabControl):
         if seeds or down or set(state.machines) != set(ids) or any(
             rec.get("id") != ids[m] or "ssh" not in rec for m, rec in state.machines.items()
         ):
-            configs = provider.ssh_configs(home.instance, list(ids), home.log) or driver.ssh_config()
-            missing = [m for m in ids if m not in configs]
-            if missing:
-                raise CommandError(
-                    f"vagrant ssh-config has no entry for {', '.join(missing)}", lab=home.name, log=home.log.path
-                )
-            state.machines = {m: {"id": ids[m], "boots": boots[m], "ssh": configs[m].to_dict()} for m in ids}
-            for m, origin in origins.items():
-                if origin:
-                    state.machines[m]["origin"] = origin  # made from a lab image: the captured machine's identity
+            self._record_machines(home, state, provider, driver, ids, boots, origins)
         if state.phase != Phase.PROVISIONED or down:
             state.move(Phase.BOOTED)
         state.save()
@@ -167,6 +158,21 @@ class Engine(LabControl):
         state.last_error = None
         state.save()
         return UpResult(home.name, provider.name, ran, total - ran, time.monotonic() - start)
+
+    @staticmethod
+    def _record_machines(home: LabHome, state: LabState, provider: Provider, driver, ids: dict[str, str],
+                         boots: dict[str, int], origins: dict[str, str | None]) -> None:
+        """Each machine's id, boot count, SSH settings and, when made from a lab image, its origin."""
+        configs = provider.ssh_configs(home.instance, list(ids), home.log) or driver.ssh_config()
+        missing = [m for m in ids if m not in configs]
+        if missing:
+            raise CommandError(
+                f"vagrant ssh-config has no entry for {', '.join(missing)}", lab=home.name, log=home.log.path
+            )
+        state.machines = {m: {"id": ids[m], "boots": boots[m], "ssh": configs[m].to_dict()} for m in ids}
+        for m, origin in origins.items():
+            if origin:
+                state.machines[m]["origin"] = origin  # made from a lab image: the captured machine's identity
 
     def _boot(self, home: LabHome, state: LabState, provider: Provider, driver, statuses: dict[str, str], *,
               seat: seats.Seat, settings_changed: bool):

@@ -121,7 +121,8 @@ class _Index:
         lab = loaded.lab
         found = LabSummary(lab.name, lab.chapter, lab.title, lab.title_en, tuple(m.name for m in lab.machines),
                            lab.offline, loaded.folder)
-        if stamp is not None and time.time() - max(stamp[3], stamp[4]) / 1e9 > SETTLE_SECONDS:
+        changed_ns = max(stamp[3], stamp[4]) if stamp is not None else None  # the later of mtime and ctime
+        if changed_ns is not None and time.time() - changed_ns / 1e9 > SETTLE_SECONDS:
             data = {**asdict(found), "machines": list(found.machines), "folder": str(found.folder)}
             self.entries[str(folder)] = {"stamp": stamp, "files": [{"files": s.files} for s in lab.steps],
                                          "summary": data}

@@ -116,7 +116,7 @@ def test_ctrl_c_is_exit_130_without_traceback(capsys, monkeypatch):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.labs, "discover", interrupted)
+    monkeypatch.setattr(cli.labs, "summaries", interrupted)
     code, _, err = run(capsys, "list")
     assert code == 130 and "Traceback" not in err
 
@@ -189,8 +189,8 @@ def test_steps_prints_the_commands(capsys):
 
 
 def test_steps_exports_every_variable_a_step_gets(capsys, vmdock_home):
+    from vmdock.labcontext import step_env
     from vmdock.loader import resolve
-    from vmdock.provision import step_env
 
     code, out, _ = run(capsys, "--labs-dir", str(GOOD), "steps", "ch91-alpha")
     assert code == 0

@@ -112,7 +112,7 @@ def test_a_bug_is_not_exit_1(capsys, monkeypatch):
     def broken(*a, **k):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(cli.labs, "discover", broken)
+    monkeypatch.setattr(cli.labs, "summaries", broken)
     code, _, err = run(capsys, "list")
     assert code == 3 and "ZeroDivisionError: a bug" in err and "vmdock itself failed" in err
 

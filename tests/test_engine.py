@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vmdock import hostscan, labimages, seats
+from vmdock import hostports, hostscan, labimages
 from vmdock.classroom import Classroom
 from vmdock.driver import SshConfig
 from vmdock.engine import Engine
@@ -316,7 +316,7 @@ def test_a_taken_host_port_refuses_up_before_anything_changes(setup):
         world.calls.clear()
         engine.settings = Settings(provider="docker", port_offset=7)
         taken = rf"127\.0\.0\.1:{port + 7} is in use, held by a process on this host"
-        with pytest.raises(seats.PortsTaken, match=taken):
+        with pytest.raises(hostports.PortsTaken, match=taken):
             engine.up("ch97-engine")
     assert world.calls == ["native"]  # no destroy, no up: the machines stay as they were
     row = engine.status("ch97-engine")[0]

@@ -32,7 +32,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from vmdock.provision import provisioner
+from vmdock.machine_setup import provisioner
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVISIONERS = ROOT / "provisioners"

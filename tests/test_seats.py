@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vmdock import seats
+from vmdock import hostports, seats
 from vmdock.errors import BusyError, LabError, StateError
 from vmdock.model import ForwardedPort, Machine
 
@@ -182,11 +182,11 @@ def _machines(*ports: tuple[str, int, int]) -> list[Machine]:
 
 def test_the_offset_moves_every_port_as_a_block():
     ms = _machines(("web", 80, 8060), ("web", 443, 8061), ("db", 3306, 8062))
-    ports = seats.effective_ports(ms, 100)
+    ports = hostports.effective_ports(ms, 100)
     assert [(p.machine, p.guest, p.host) for p in ports] == [("web", 80, 8160), ("web", 443, 8161), ("db", 3306, 8162)]
     assert str(ports[0]) == "127.0.0.1:8160/tcp (→ web:80)"
     with pytest.raises(LabError, match=r"machines\[0\]\.forwarded_ports\[1\]\.host: 8061 \+ port offset 57475"):
-        seats.effective_ports(ms, 57475, where="labs/x/lab.yaml")
+        hostports.effective_ports(ms, 57475, where="labs/x/lab.yaml")
 
 
 def test_port_free_sees_a_real_listener():
@@ -194,47 +194,47 @@ def test_port_free_sees_a_real_listener():
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        assert seats.port_free("127.0.0.1", port) == (False, "in use")
-    assert seats.port_free("127.0.0.1", port) == (True, "")
-    free, why = seats.port_free("192.0.2.123", port)  # TEST-NET: never an address of this host
+        assert hostports.port_free("127.0.0.1", port) == (False, "in use")
+    assert hostports.port_free("127.0.0.1", port) == (True, "")
+    free, why = hostports.port_free("192.0.2.123", port)  # TEST-NET: never an address of this host
     assert not free and "not an address of this host" in why
 
 
 def test_docker_ports_column():
     text = "127.0.0.1:2222->22/tcp, 0.0.0.0:8020-8021->8080-8081/tcp, :::9000->9000/udp, 22/tcp"
-    assert seats.parse_docker_ports(text) == [
+    assert hostports.parse_docker_ports(text) == [
         ("127.0.0.1", 2222, "tcp"), ("0.0.0.0", 8020, "tcp"), ("0.0.0.0", 8021, "tcp"), ("::", 9000, "udp"),
     ]
 
 
 def test_taken_ports_name_their_holder_and_skip_the_instance_own():
-    ports = seats.effective_ports(_machines(("web", 80, 8060), ("web", 81, 8061), ("web", 82, 8062)), 0)
+    ports = hostports.effective_ports(_machines(("web", 80, 8060), ("web", 81, 8061), ("web", 82, 8062)), 0)
     holders = {
-        ("127.0.0.1", 8060, "tcp"): seats.PortHolder(
+        ("127.0.0.1", 8060, "tcp"): hostports.PortHolder(
             "abc123", "ch6-lamp", "/home/ann/.local/share/vmdock", "vmdock-abc123-ch6-lamp-web"
         ),
-        ("0.0.0.0", 8061, "tcp"): seats.PortHolder("mine00", "x", "/h", "vmdock-mine00-x-web"),
+        ("0.0.0.0", 8061, "tcp"): hostports.PortHolder("mine00", "x", "/h", "vmdock-mine00-x-web"),
     }
     busy = {8060, 8061, 8062}
-    taken = seats.taken_ports(ports, holders, "mine00", is_free=lambda ip, p, proto: (p not in busy, "in use"))
+    taken = hostports.taken_ports(ports, holders, "mine00", is_free=lambda ip, p, proto: (p not in busy, "in use"))
     assert [t.port.host for t in taken] == [8060, 8062]
     assert taken[0].describe() == (
         "web: host port 127.0.0.1:8060 is in use, held by vmdock lab ch6-lamp of /home/ann/.local/share/vmdock "
         "(instance abc123, container vmdock-abc123-ch6-lamp-web)"
     )
     assert taken[1].describe().endswith("held by a process on this host")
-    legacy = seats.PortHolder("", "ch6-lamp", "", "vmdock-ch6-lamp-web")
+    legacy = hostports.PortHolder("", "ch6-lamp", "", "vmdock-ch6-lamp-web")
     assert "without instance ids" in legacy.describe()
-    assert seats.PortHolder("", "", "", "nginx").describe() == "docker container nginx"
+    assert hostports.PortHolder("", "", "", "nginx").describe() == "docker container nginx"
 
 
 def test_suggested_offset_frees_every_port_and_the_error_says_so():
-    ports = seats.effective_ports(_machines(("web", 80, 8060), ("web", 81, 8061)), 0)
+    ports = hostports.effective_ports(_machines(("web", 80, 8060), ("web", 81, 8061)), 0)
     busy = {8060, 8161}
-    assert seats.suggest_offset(ports, 0, is_free=lambda ip, p, proto: (p not in busy, "")) == 200
-    taken = seats.taken_ports(ports, {}, "x", is_free=lambda ip, p, proto: (p not in busy, "in use"))
-    err = seats.ports_taken_error("ch6-lamp", taken, 0, 200)
-    assert isinstance(err, seats.PortsTaken) and isinstance(err, StateError)
+    assert hostports.suggest_offset(ports, 0, is_free=lambda ip, p, proto: (p not in busy, "")) == 200
+    taken = hostports.taken_ports(ports, {}, "x", is_free=lambda ip, p, proto: (p not in busy, "in use"))
+    err = hostports.ports_taken_error("ch6-lamp", taken, 0, 200)
+    assert isinstance(err, hostports.PortsTaken) and isinstance(err, StateError)
     assert "1 forwarded host port(s) taken (port offset 0)" in err.message and "8060" in err.message
     assert err.hint.endswith("--port-offset 200 frees them all")
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from vmdock import provision, render
+from vmdock import machine_setup, provision, render
 from vmdock.errors import BusyError, StateError
+from vmdock.labcontext import Context
 from vmdock.lifecycle import Phase, actions
 from vmdock.loader import load_lab
-from vmdock.provision import Context, build_plan
+from vmdock.provision import build_plan
 from vmdock.runlog import Log
 from vmdock.settings import Settings
 from vmdock.state import LabState, fingerprint, hash_paths, lab_lock
@@ -283,9 +284,9 @@ def test_lab_lock_refuses_while_another_process_holds_it(tmp_path):
 @pytest.fixture
 def plan_ctx(tmp_path, monkeypatch):
     """A Context over a copy of ch91-alpha, with the shell scripts faked."""
-    monkeypatch.setattr(provision, "provisioner", lambda name: f"# fake {name}\n")
+    monkeypatch.setattr(machine_setup, "provisioner", lambda name: f"# fake {name}\n")
     monkeypatch.setattr(
-        provision, "render_template", lambda name, **values: json.dumps({"t": name, **values}, default=str)
+        machine_setup, "render_template", lambda name, **values: json.dumps({"t": name, **values}, default=str)
     )
     folder = tmp_path / "labs" / "ch91-alpha"
     shutil.copytree(GOOD / "ch91-alpha", folder)

@@ -13,23 +13,9 @@ import shutil
 from pathlib import Path
 
 from .errors import CommandError
+from .hostports import HostPort, PortHolder, parse_docker_ports, ports_taken_error, suggest_offset, taken_ports
 from .runlog import Log, run
-from .seats import (
-    ID_LENGTH,
-    HostPort,
-    Instance,
-    Lease,
-    Machine,
-    PortHolder,
-    allocate_subnet,
-    host_dir,
-    host_lock,
-    parse_docker_ports,
-    ports_taken_error,
-    read_leases,
-    suggest_offset,
-    taken_ports,
-)
+from .seats import ID_LENGTH, Instance, Lease, Machine, allocate_subnet, host_dir, host_lock, read_leases
 
 Net = tuple[ipaddress.IPv4Network, str]
 LIBVIRT_URI = "qemu:///system"

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import paths, seats
+from . import hostports, paths, seats
 from .errors import ConfigError, StateError
 from .loader import LoadedLab
 from .runlog import Log
@@ -28,7 +28,7 @@ class LabHome:
         self.name = loaded.name
         self.home = paths.lab_home(self.name)
         self.vagrantfile = self.home / "Vagrantfile"
-        self.state_file = self.home / "state.json"
+        self.state_file = paths.state_file(self.name)
         self.log = Log(self.home / "vmdock.log")
         #: this lab under this vmdock home: what its names on the host carry
         self.instance = seats.Instance(paths.vmdock_home(), self.name)
@@ -83,7 +83,7 @@ def status_row(home: LabHome, state: LabState, live_states: dict[str, str]) -> d
             "ssh": f"{ssh['user']}@{ssh['host']}:{ssh['port']}" if ssh else None,
         }
     last = state.last_good_step()
-    ports = seats.effective_ports(home.loaded.lab.machines, state.port_offset, str(home.loaded.file))
+    ports = hostports.effective_ports(home.loaded.lab.machines, state.port_offset, str(home.loaded.file))
     return {
         "lab": home.name,
         "instance": home.instance.id,

@@ -16,11 +16,11 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from . import labyaml, paths, settings
+from . import labyaml
 from .errors import LabError
+from .labdirs import LAB_FILE, Problem, chapter_order, each_lab, file_errors, has_lab_file, search_path
 from .model import MAX_MACHINES, Lab, cross_ref_errors
 
-LAB_FILE = "lab.yaml"
 _CHECK_TAGS = {"command", "http", "port", "container"}
 
 
@@ -36,14 +36,6 @@ class LoadedLab:
     @property
     def name(self) -> str:
         return self.lab.name
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A lab folder that could not be loaded (shown by `vmdock list`)."""
-
-    folder: Path
-    error: LabError
 
 
 MAX_FILE_BYTES = 1 << 20  # a lab.yaml is read whole: checked before reading
@@ -113,28 +105,6 @@ def _messages(exc: ValidationError) -> list[str]:
     return lines
 
 
-def _file_errors(raw: dict, folder: Path) -> list[str]:
-    """Files named by steps must exist inside the lab folder."""
-    errors: list[str] = []
-    steps = raw.get("steps") if isinstance(raw, dict) else None
-    if not isinstance(steps, list):
-        return errors
-    root = Path(os.path.realpath(folder))
-    for i, step in enumerate(steps):
-        files = step.get("files") if isinstance(step, dict) else None
-        if not isinstance(files, list):
-            continue
-        for j, rel in enumerate(files):
-            if not isinstance(rel, str) or not rel:
-                continue
-            target = Path(os.path.realpath(folder / rel))  # never raises, even on a symlink loop
-            if target != root and root not in target.parents:
-                errors.append(f"steps[{i}].files[{j}]: {rel!r} lies outside the lab folder")
-            elif not target.exists():
-                errors.append(f"steps[{i}].files[{j}]: {rel!r} does not exist in {folder}")
-    return errors
-
-
 def load_lab(folder: Path) -> LoadedLab:
     """Load one lab folder; raise LabError listing the problems of the file."""
     folder = Path(folder)
@@ -144,7 +114,7 @@ def load_lab(folder: Path) -> LoadedLab:
     if not isinstance(raw, dict):
         raise LabError(f"{shown}: (top level): must be a mapping of lab fields", lab=folder.name)
 
-    errors = _file_errors(raw, folder)
+    errors = file_errors(raw, folder)
     lab = None
     try:
         lab = Lab.model_validate(raw)
@@ -228,41 +198,10 @@ def _display(file: Path) -> str:
         return str(folder / file.name)
 
 
-def search_path(labs_dirs: list[Path] | None = None) -> list[Path]:
-    """Lab folders to search, first match wins: --labs-dir, VMDOCK_LABS, shipped labs."""
-    dirs: list[Path] = [Path(d) for d in (labs_dirs or [])]
-    dirs += list(settings.current().labs)
-    dirs.append(paths.LABS_DIR)
-    seen, out = set(), []
-    for d in dirs:
-        key = d.expanduser().resolve()
-        if key not in seen:
-            seen.add(key)
-            out.append(key)
-    return out
-
-
-def _has_lab_file(folder: Path) -> bool:
-    """Anything named lab.yaml makes a lab folder, so a broken one (a folder, a FIFO, a dangling link) is reported."""
-    return os.path.lexists(folder / LAB_FILE)
-
-
 def discover(labs_dirs: list[Path] | None = None) -> tuple[list[LoadedLab], list[Problem]]:
     """Every lab on the search path; broken ones are returned as problems."""
-    labs: dict[str, LoadedLab] = {}
-    problems: list[Problem] = []
-    for d in search_path(labs_dirs):
-        if not d.is_dir():
-            continue
-        for folder in sorted(p for p in d.iterdir() if _has_lab_file(p)):
-            if folder.name in labs:
-                continue  # an earlier folder on the path overrides a shipped lab
-            try:
-                labs[folder.name] = load_lab(folder)
-            except LabError as exc:
-                problems.append(Problem(folder, exc))
-    ordered = sorted(labs.values(), key=lambda item: (item.lab.chapter is None, item.lab.chapter or 0, item.name))
-    return ordered, problems
+    labs, problems = each_lab(labs_dirs, load_lab)
+    return sorted(labs, key=lambda item: chapter_order(item.lab.chapter, item.name)), problems
 
 
 _CH_RE = re.compile(r"^(?:ch)?(\d+)$", re.IGNORECASE)
@@ -273,7 +212,7 @@ def resolve(name: str, labs_dirs: list[Path] | None = None) -> LoadedLab:
     # A full name is looked up directly so one broken lab elsewhere does not matter.
     if "/" not in name and name not in (".", ".."):
         for d in search_path(labs_dirs):
-            if _has_lab_file(d / name):
+            if has_lab_file(d / name):
                 return load_lab(d / name)
     labs, problems = discover(labs_dirs)
     m = _CH_RE.match(name.strip())
@@ -298,3 +237,6 @@ def resolve(name: str, labs_dirs: list[Path] | None = None) -> LoadedLab:
     raise LabError(
         f"unknown lab {name!r} (labs: {known})", hint="see `vmdock list`; add folders with --labs-dir or VMDOCK_LABS"
     )
+
+
+__all__ = ["LAB_FILE", "LoadedLab", "Problem", "discover", "load_lab", "resolve", "search_path"]

@@ -42,6 +42,11 @@ def lab_home(lab_name: str) -> Path:
     return vmdock_home() / "labs" / lab_name
 
 
+def state_file(lab_name: str) -> Path:
+    """A lab's state (``vmdock.state.LabState``) in its folder."""
+    return lab_home(lab_name) / "state.json"
+
+
 def cache_dir() -> Path:
     """Downloads and builds worth keeping (rootfs tarballs); VMDOCK_CACHE overrides."""
     cache = settings.current().cache

@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import seats
+from . import hostports, seats
 from .driver import machine_id
 from .hostscan import check_ports, claim_network
 from .providers import RUNNING
@@ -61,7 +61,7 @@ def remove_orphans(home: LabHome, provider: Provider, info: Callable[[str], None
 
 def ports(home: LabHome, machines: list[Machine], seat: seats.Seat) -> None:
     """Refuse forwarded host ports of ``machines`` that are taken, naming who holds each."""
-    wanted = seats.effective_ports(machines, seat.port_offset, str(home.loaded.file))
+    wanted = hostports.effective_ports(machines, seat.port_offset, str(home.loaded.file))
     check_ports(home.instance, wanted, seat.port_offset, home.log)
 
 

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, paths, providers, seats, settings
+from . import __version__, hostports, paths, providers, seats, settings
 from .errors import LabError
 from .ruby import ruby
 
@@ -99,7 +99,7 @@ def render(loaded: LoadedLab, opts: RenderOptions, seat: Seat) -> str:
     lab = loaded.lab
     inst = seat.instance
     ips = machine_ips(loaded, seat.subnet)
-    ports = seats.effective_ports(lab.machines, seat.port_offset, where=str(loaded.file))
+    ports = hostports.effective_ports(lab.machines, seat.port_offset, where=str(loaded.file))
     machines = []
     for m in lab.machines:
         box, box_url = _box(loaded, m, provider)

@@ -17,18 +17,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import unquote, urlparse
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -39,8 +31,6 @@ FAMILIES = {"box_urls": "VMDOCK_BOX_URL_", "secrets": "VMDOCK_SECRET_"}
 OPTIONS = {"provider": "--provider", "images_dir": "--images-dir", "labs": "--labs-dir", "port_offset": "--port-offset"}
 
 _HOSTPORT = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
-
-CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
 def check_url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> str:
@@ -74,31 +64,34 @@ def _split(value: Any, separators: str) -> Any:
     return value
 
 
-class _EnvSource(EnvSettingsSource):
-    """The environment, plus the variable families (``VMDOCK_BOX_URL_<BOX>``)."""
+def _environment() -> dict[str, Any]:
+    """The values the environment gives: ``VMDOCK_<SETTING>`` (any case; empty counts as unset), as text,
+    and the variable families (``VMDOCK_BOX_URL_<BOX>``) as mappings."""
+    env = {k.lower(): v for k, v in os.environ.items()}
+    data: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        value = env.get((PREFIX + name).lower())
+        if name not in FAMILIES and value:
+            data[name] = value
+    for name, prefix in FAMILIES.items():
+        found = {k[len(prefix):]: v for k, v in os.environ.items() if k.startswith(prefix) and k != prefix and v}
+        if found:
+            data[name] = found
+    return data
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        if field_name in FAMILIES:
-            return None, field_name, False
-        return super().get_field_value(field, field_name)
 
-    def __call__(self) -> dict[str, Any]:
-        data = super().__call__()
-        for name, prefix in FAMILIES.items():
-            found = {k[len(prefix):]: v for k, v in os.environ.items() if k.startswith(prefix) and k != prefix and v}
-            if found:
-                data[name] = found
-        return data
+class Settings(BaseModel):
+    """What vmdock reads from ``VMDOCK_*`` variables (see the README's table).
 
+    ``Settings(**values)`` is the environment with ``values`` on top.  A plain
+    pydantic model: pydantic-settings would double what `vmdock list` spends importing.
+    """
 
-class Settings(BaseSettings):
-    """What vmdock reads from ``VMDOCK_*`` variables (see the README's table)."""
-
-    model_config = SettingsConfigDict(env_prefix=PREFIX, env_ignore_empty=True, extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, validate_default=True)
 
     provider: str | None = Field(
         None, description="the Vagrant provider: virtualbox, libvirt or docker (default: the first usable of these)")
-    labs: Annotated[tuple[Path, ...], NoDecode] = Field(
+    labs: tuple[Path, ...] = Field(
         (), description="more folders of lab folders, separated by `:` (`;` on Windows), searched before the "
         "shipped labs (`--labs-dir` folders come first)")
     home: Path | None = Field(
@@ -120,9 +113,9 @@ class Settings(BaseSettings):
     get_docker_url: str | None = Field(
         None, description="a copy of get.docker.com (http(s):// or file:// inside the machine), "
         "with VMDOCK_DOCKER_SOURCE=docker-ce (default: https://get.docker.com)")
-    registry_mirrors: CommaList = Field(
+    registry_mirrors: tuple[str, ...] = Field(
         (), description="registry mirrors (http(s)://) for the machines' daemon.json, separated by `,`")
-    insecure_registries: CommaList = Field(
+    insecure_registries: tuple[str, ...] = Field(
         (), description="insecure registries (host[:port]) for the machines' daemon.json, separated by `,`")
     pull_base: bool = Field(False, description="`1`: machines try `docker pull` of the labs' base image before "
                             "building it from vmdock's rootfs")
@@ -150,16 +143,8 @@ class Settings(BaseSettings):
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, _EnvSource(settings_cls)
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**{**_environment(), **values})
 
     # -- validation ------------------------------------------------------------
 

@@ -18,8 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import filelock
-
 from . import settings
 from .errors import BusyError, StateError
 from .lifecycle import Phase, advance
@@ -215,6 +213,8 @@ def lab_lock(folder: Path, lab: str, action: str) -> Iterator[None]:
     it is written to ``lock.holder`` (the lock file itself is the lock's own).
     A process killed with the lock loses it with its file descriptors.
     """
+    import filelock  # with asyncio: not for the commands that only read state (`vmdock list`)
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(folder / "lock"), is_singleton=False)

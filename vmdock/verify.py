@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from .errors import UnreachableError, VmdockError
+from .labcontext import Context, remote_lab_dir
 from .model import CommandCheck, ContainerCheck, HttpCheck, PortCheck
-from .provision import Context, remote_lab_dir
 from .transport import Transport
 
 Judge = Callable[[int, str, str], "tuple[bool, str, str]"]  # (exit code, stdout, stderr) → (passed, expected, seen)

@@ -17,9 +17,20 @@ from ..errors import (
     VmdockError,
 )
 from ..events import Events
-from ..loader import resolve
 from ..providers import NAMES as PROVIDER_NAMES
-from .common import OPTS, LabArg, RichEvents, app, console, err_console, make_engine, print_error, shown, to_json
+from .common import (
+    OPTS,
+    LabArg,
+    RichEvents,
+    app,
+    console,
+    err_console,
+    make_engine,
+    print_error,
+    resolve_lab,
+    shown,
+    to_json,
+)
 
 
 def _checks_of(loaded, only: list[str] | None) -> None:
@@ -105,7 +116,7 @@ def verify(
     check: list[str] | None = typer.Option(None, "--check", help="run only the check(s) with this name"),
 ):
     """Run the lab's checks: exit 0 all passed, 1 a check failed, 3 checks could not run (the report says why)."""
-    loaded = resolve(lab, OPTS.labs_dirs)
+    loaded = resolve_lab(lab)
     _checks_of(loaded, check)
     events = _events_for(as_json, show_results=False)
     with _drawing(events):
@@ -131,7 +142,7 @@ def test_lab(
 
     if destroy_when not in ("always", "passing", "never"):
         raise ConfigError(f"--destroy must be always, passing or never, not {destroy_when!r}")
-    loaded = resolve(lab, OPTS.labs_dirs)
+    loaded = resolve_lab(lab)
     events = _events_for(as_json)
     engine = make_engine(events, provider, images_dir=str(images_dir) if images_dir else None)
     up_error: VmdockError | None = None

@@ -6,6 +6,7 @@ import json
 import re
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -15,9 +16,12 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 from .. import __version__
 from ..errors import VmdockError
 from ..events import Events
-from ..loader import LAB_FILE, search_path
+from ..labdirs import LAB_FILE, search_path
 from ..settings import Settings
 from ..settings import current as current_settings
+
+if TYPE_CHECKING:
+    from ..loader import LoadedLab
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -43,6 +47,16 @@ def complete_lab(ctx: typer.Context, incomplete: str) -> list[str]:
     extra = ctx.find_root().params.get("labs_dir") or []
     names = {f.parent.name for d in search_path(list(extra)) if d.is_dir() for f in d.glob(f"*/{LAB_FILE}")}
     return sorted(n for n in names if n.startswith(incomplete))
+
+
+def resolve_lab(name: str) -> LoadedLab:
+    """The lab ``name`` names, on the search path of the command line.
+
+    The loader (YAML, pydantic) is imported here, by the commands that load a lab: never by `vmdock list`.
+    """
+    from ..loader import resolve
+
+    return resolve(name, OPTS.labs_dirs)
 
 
 LabArg = typer.Argument(..., help="lab name (ch6-lamp), chapter (ch6) or number (6)", autocompletion=complete_lab)

@@ -14,9 +14,19 @@ from rich.table import Table
 from ..errors import (
     EXIT_INFRASTRUCTURE,
 )
-from ..loader import resolve
 from ..settings import Settings
-from .common import OPTS, LabArg, RichEvents, app, complete_lab, console, make_engine, shown, to_json
+from .common import (
+    OPTS,
+    LabArg,
+    RichEvents,
+    app,
+    complete_lab,
+    console,
+    make_engine,
+    resolve_lab,
+    shown,
+    to_json,
+)
 
 
 @app.command()
@@ -199,7 +209,7 @@ def bundle_export(
     """Write the machine image, lab images, rootfs, boxes and needed image tarballs of LABS into FILE."""
     from .. import bundle
 
-    loaded = [resolve(name, OPTS.labs_dirs) for name in dict.fromkeys(labs)]
+    loaded = [resolve_lab(name) for name in dict.fromkeys(labs)]
     settings = Settings.from_env(images_dir=str(images_dir) if images_dir else None)
     start = time.monotonic()
     with RichEvents(OPTS.verbose) as events:

@@ -11,13 +11,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from .. import paths
 from ..errors import (
     EXIT_BAD_INPUT,
     ConfigError,
 )
-from ..loader import discover, resolve
-from ..model import Lab as LabModel
+from ..labindex import summaries
 from ..providers import NAMES as PROVIDER_NAMES
+from ..state import LabState
 from .common import (
     OPTS,
     LabArg,
@@ -26,6 +27,7 @@ from .common import (
     console,
     err_console,
     make_engine,
+    resolve_lab,
     shown,
     to_json,
     visible,
@@ -36,20 +38,18 @@ from .common import (
 @app.command("list")
 def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readable output")):
     """Every lab: name, chapter, title, machines, state (and whether it needs registry images)."""
-    from ..labhome import LabHome
-
-    labs, problems = discover(OPTS.labs_dirs)
+    labs, problems = summaries(OPTS.labs_dirs)
     rows: list[dict[str, Any]] = []
     for found in labs:
-        state = LabHome(found).state()
+        state = LabState.load(paths.state_file(found.name), found.name)
         rows.append(
             {
                 "name": found.name,
-                "chapter": found.lab.chapter,
-                "title": found.lab.title,
-                "title_en": found.lab.title_en,
-                "machines": [m.name for m in found.lab.machines],
-                "offline": found.lab.offline,
+                "chapter": found.chapter,
+                "title": found.title,
+                "title_en": found.title_en,
+                "machines": list(found.machines),
+                "offline": found.offline,
                 "state": state.phase.value if state.phase != "destroyed" else "new",
                 "folder": str(found.folder),
             }
@@ -80,7 +80,7 @@ def list_labs(as_json: bool = typer.Option(False, "--json", help="machine-readab
 @app.command()
 def show(lab: str = LabArg):
     """One lab: book sections, machines, steps, checks."""
-    spec = resolve(lab, OPTS.labs_dirs).lab
+    spec = resolve_lab(lab).lab
     console.print(
         f"[bold]{shown(spec.name)}[/] — " + (f"第{spec.chapter}章 " if spec.chapter else "") + shown(spec.title)
         + (f" ({shown(spec.title_en)})" if spec.title_en else "")
@@ -120,11 +120,11 @@ def steps(lab: str = LabArg):
     """The commands a student would type to do the case by hand, machine by machine."""
     from ipaddress import IPv4Network
 
+    from ..labcontext import exports_file, remote_lab_dir, step_env
     from ..labhome import LabHome
-    from ..provision import exports_file, remote_lab_dir, step_env
     from ..render import machine_ips
 
-    loaded = resolve(lab, OPTS.labs_dirs)
+    loaded = resolve_lab(lab)
     spec = loaded.lab
     network = LabHome(loaded).state().network  # chosen by `vmdock up` for this lab instance
     ips = machine_ips(loaded, IPv4Network(network)) if network else {}
@@ -165,7 +165,9 @@ def steps(lab: str = LabArg):
 @app.command()
 def schema():
     """Print the JSON Schema of lab.yaml (for editor completion)."""
-    data = LabModel.model_json_schema()
+    from ..model import Lab
+
+    data = Lab.model_json_schema()
     data["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     data["title"] = "vmdock lab.yaml"
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")

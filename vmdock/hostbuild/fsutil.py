@@ -20,8 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import filelock
-
 from ..errors import BusyError, ProviderError
 from ..runlog import Log, run
 
@@ -35,6 +33,8 @@ def file_lock(path: Path, what: str, log: Log, wait: float = LOCK_WAIT) -> Itera
 
     The wait is logged; running out of it is a BusyError naming the lock.
     """
+    import filelock  # with asyncio: only where a lock is taken (`vmdock list` reads and writes without one)
+
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(path), is_singleton=False)
     try:

@@ -2,35 +2,42 @@
 
 The ONE list of provider names: settings, render, doctor and the CLI read it
 here.  Adding a provider: a module with a ``Provider`` class, a line in
-``PROVIDERS``, a block in ``Vagrantfile.j2``.
+``PROVIDERS``, a block in ``Vagrantfile.j2``.  A provider's module is imported
+when the provider is first used: the names alone (the CLI's help, settings)
+cost nothing.
 """
 from __future__ import annotations
 
+import importlib
+
 from ..errors import ConfigError, ProviderError
 from .base import NOT_CREATED, RUNNING, Probe, Provider, Pruned
-from .docker import DockerProvider
-from .libvirt import LibvirtProvider
-from .virtualbox import VirtualBoxProvider
 
-#: name → class, in order of preference (the first usable one is chosen)
-PROVIDERS: dict[str, type[Provider]] = {
-    "virtualbox": VirtualBoxProvider,
-    "libvirt": LibvirtProvider,
-    "docker": DockerProvider,
+#: name → (module, class), in order of preference (the first usable one is chosen)
+PROVIDERS: dict[str, tuple[str, str]] = {
+    "virtualbox": ("virtualbox", "VirtualBoxProvider"),
+    "libvirt": ("libvirt", "LibvirtProvider"),
+    "docker": ("docker", "DockerProvider"),
 }
 NAMES = tuple(PROVIDERS)
 
 
+def provider_class(name: str) -> type[Provider]:
+    """The ``Provider`` class of provider ``name`` (one of NAMES)."""
+    module, cls = PROVIDERS[name]
+    found: type[Provider] = getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    return found
+
+
 def get(name: str, mirror: str | None = None) -> Provider:
     """The provider called ``name`` (``mirror``: the apt mirror machine images are built from)."""
-    cls = PROVIDERS.get(name)
-    if cls is None:
+    if name not in PROVIDERS:
         raise ConfigError(f"unknown provider {name!r} (providers: {', '.join(NAMES)})")
-    return cls(mirror)
+    return provider_class(name)(mirror)
 
 
 def probe_all() -> list[Probe]:
-    return [cls().probe() for cls in PROVIDERS.values()]
+    return [provider_class(name)().probe() for name in NAMES]
 
 
 def choose(requested: str | None, source: str = "--provider", mirror: str | None = None) -> tuple[Provider, str]:
@@ -58,4 +65,5 @@ def choose(requested: str | None, source: str = "--provider", mirror: str | None
     )
 
 
-__all__ = ["NAMES", "NOT_CREATED", "PROVIDERS", "RUNNING", "Probe", "Provider", "Pruned", "choose", "get", "probe_all"]
+__all__ = ["NAMES", "NOT_CREATED", "PROVIDERS", "RUNNING", "Probe", "Provider", "Pruned", "choose", "get", "probe_all",
+           "provider_class"]

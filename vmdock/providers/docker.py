@@ -287,7 +287,7 @@ class DockerProvider(Provider):
 
     def capture(self, inst: Instance, machine: str, tag: str, labels: dict[str, str], log: Log) -> str:
         from ..labimages import LABEL_PREFIX
-        from ..provision import provisioner
+        from ..machine_setup import provisioner
         from .docker_capture import capture
 
         return capture(inst.machine_name(machine), tag, labels, provisioner("start-docker.sh"), log,

@@ -103,8 +103,11 @@ def run_rows(vmdock: list[str], steps: list, env: dict, rows: list[dict], **valu
             remove_lab_images(values["lab"])
         where = env if not name.endswith("(offline)") else dict(env, VMDOCK_APT_MIRROR=CLOSED_MIRROR)
         seconds, code, out = timed(vmdock + argv, where)
-        rows.append({"step": name, "command": "vmdock " + shlex.join(argv), "seconds": round(seconds, 2),
-                     "target": target, "exit": code})
+        row = {"step": name, "command": "vmdock " + shlex.join(argv), "seconds": round(seconds, 2),
+               "target": target, "exit": code}
+        if name == "bundle export" and code == 0:
+            row["step"] = f"bundle export ({os.path.getsize(values['bundle']) / 1e6:.0f} MB)"
+        rows.append(row)
         if code != 0:
             sys.stderr.write(out)
             return False

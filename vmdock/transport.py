@@ -208,17 +208,7 @@ class Transport:
         conn = self._connection()
         label = self.log.mask(shown or command)
         self.log.event(f"{self.machine}$ {label}  (started)")
-
-        def emit(prefix):
-            def _e(line: str) -> None:
-                if secret:
-                    return
-                self.log.write(f"    {prefix}{line}")
-                if self.on_line:
-                    self.on_line(self.machine, self.log.mask(line))
-            return _e
-
-        out, err = _LineSink(emit("")), _LineSink(emit("! "))
+        out, err = self._sink("", secret), self._sink("! ", secret)
         start = time.monotonic()
         try:
             res = conn.run(command, hide=True, warn=True, timeout=timeout, out_stream=out, err_stream=err,
@@ -249,6 +239,22 @@ class Transport:
         seconds = time.monotonic() - start
         self.log.command(self.machine, label, seconds, code)
         result = Result(code, "\n".join(out.lines), "\n".join(err.lines), seconds)
+        return self._judge(result, label, step, check)
+
+    def _sink(self, prefix: str, secret: bool) -> _LineSink:
+        """Where a command's output lines go: the log (``prefix`` marks stderr) and ``on_line``;
+        nowhere when ``secret``."""
+        def emit(line: str) -> None:
+            if secret:
+                return
+            self.log.write(f"    {prefix}{line}")
+            if self.on_line:
+                self.on_line(self.machine, self.log.mask(line))
+        return _LineSink(emit)
+
+    def _judge(self, result: Result, label: str, step: str | None, check: bool) -> Result:
+        """``result``, or the error it is: no exit status (the machine went away), or a failure."""
+        code = result.exit_code
         if code < 0:
             raise UnreachableError(
                 "the SSH session ended without an exit status (the machine stopped or the connection was lost)",

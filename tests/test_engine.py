@@ -5,6 +5,7 @@ against Vagrant's): the real thing runs in tests/test_e2e.py.
 """
 from __future__ import annotations
 
+import ipaddress
 import socket
 from pathlib import Path
 
@@ -431,6 +432,39 @@ def test_lab_image_build_then_up_and_reset_from_it_run_no_step(setup):
     engine.destroy("ch97-engine")
     engine.up("ch97-engine", use_images=False)
     assert step_names(world) == [f"step{i}" for i in range(1, 12)]
+
+
+def test_a_new_seat_asks_for_the_block_its_lab_image_was_made_on(setup, monkeypatch):
+    """The steps in a lab image ran with its machines' addresses: a seat without a block of its
+    own (a new home, a student's host) asks for that block first; when another holds it, `up`
+    says so and the steps run again with the new addresses."""
+    elsewhere = "192.168.56.48/28"  # the teacher's host had the first three blocks taken
+    below = [(ipaddress.ip_network(f"192.168.56.{16 * i}/28"), "the teacher's other work") for i in range(3)]
+    monkeypatch.setattr(hostscan, "host_networks", lambda log: below)
+    engine, world, _ = setup()
+    made = Classroom(engine).build_image("ch97-engine")
+    home = engine.lab("ch97-engine")
+    assert made[0].state["network"] == home.state().network == elsewhere
+    engine.destroy("ch97-engine")
+    home.state_file.unlink()  # a home that never had this lab, on a host where the first block is free
+    monkeypatch.setattr(hostscan, "host_networks", lambda log: [])
+    engine, world2, events = setup()
+    world2.images = world.images
+    engine.up("ch97-engine")
+    assert engine.lab("ch97-engine").state().network == elsewhere
+    assert step_names(world2) == [] and world2.restored == ["web", "db"]
+
+    engine.destroy("ch97-engine")
+    engine.lab("ch97-engine").state_file.unlink()
+    taken = ipaddress.ip_network(elsewhere)
+    monkeypatch.setattr(hostscan, "host_networks", lambda log: [(taken, "another lab's bridge")])
+    engine, world3, events = setup()
+    world3.images = world.images
+    engine.up("ch97-engine")
+    assert engine.lab("ch97-engine").state().network != elsewhere
+    assert any(f"made on the network {elsewhere}, which another lab holds" in e[1]
+               for e in events.events if e[0] == "info")
+    assert step_names(world3) == [f"step{i}" for i in range(1, 12)]  # with the new addresses
 
 
 def test_a_changed_step_runs_again_on_top_of_the_image(setup):

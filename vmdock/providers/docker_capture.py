@@ -59,19 +59,31 @@ start_recorded() {{
     done
     for c in $left; do docker start "$c" >/dev/null; done
 }}
-# on a swarm manager, wait (at most 90 s) until every service runs all its tasks again, as
-# when the image was made: the workers come back at the same time and swarm reschedules
-wait_swarm() {{
-    [ "$(docker info --format '{{{{.Swarm.ControlAvailable}}}}' 2>/dev/null)" = true ] || return 0
-    local replicas
+"""
+
+#: on a swarm manager, wait (at most 90 s) until every service runs all its tasks again, as when
+#: the image was made (the workers come back at the same time and swarm reschedules), and until
+#: the overlay networks' service discovery (``tasks.<service>``) knows each running task
+_WAIT_SWARM = r"""
+wait_swarm() {
+    [ "$(docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null)" = true ] || return 0
+    local want seen net
     for _ in $(seq 1 180); do
-        replicas=$(docker service ls --format '{{{{.Name}}}} {{{{.Replicas}}}}' 2>/dev/null) ||
-            {{ sleep 0.5; continue; }}
-        echo "$replicas" | awk '{{ split($2, r, "/"); if (r[1] != r[2]) bad = 1 }} END {{ exit bad }}' && return 0
+        # running and wanted tasks per service (jobs, which end, left out)
+        want=$(docker service ls --format '{{.Name}} {{.Replicas}}' 2>/dev/null |
+               awk '!/completed/ { split($2, r, "/"); print $1, r[1], r[2] }') || { sleep 0.5; continue; }
+        if echo "$want" | awk '$2 != $3 { bad = 1 } END { exit bad }'; then
+            seen=$(for net in $(docker network ls --filter driver=overlay --format '{{.Name}}' | grep -vx ingress); do
+                       docker network inspect --verbose "$net" 2>/dev/null \
+                           --format '{{range $k, $v := .Services}}{{$k}} {{len $v.Tasks}}{{"\n"}}{{end}}'
+                   done)
+            awk 'NR == FNR { want[$1] = $2; next } NF == 2 && ($1 in want) && $2 < want[$1] { bad = 1 }
+                 END { exit bad }' <(echo "$want") <(echo "$seen") && return 0
+        fi
         sleep 0.5
     done
-    echo "vmdock-lab-restore: swarm services still converging after 90 s: ${{replicas//$'\\n'/, }}" >&2
-}}
+    echo "vmdock-lab-restore: swarm services still converging after 90 s: ${want//$'\n'/, }" >&2
+}
 """
 
 _STOP_AND_PACK = f"""\
@@ -111,6 +123,7 @@ if [ "$status" = ok ]; then
     bash {START_DOCKER} || status="starting dockerd failed"
 fi
 {_START_RECORDED}
+{_WAIT_SWARM}
 if [ "$status" = ok ]; then
     start_recorded || status="starting the lab's containers failed"
 fi
@@ -132,6 +145,7 @@ exec {MACHINE_INIT} "$@"
 _RESUME = f"""\
 set -euo pipefail
 {_START_RECORDED}
+{_WAIT_SWARM}
 rm -f {DATA_TAR}
 bash {START_DOCKER} >/dev/null
 start_recorded

@@ -61,14 +61,14 @@ start_recorded() {{
 }}
 """
 
-#: on a swarm manager, wait (at most 90 s) until every service runs all its tasks again, as when
+#: on a swarm manager, wait (at most 150 s) until every service runs all its tasks again, as when
 #: the image was made (the workers come back at the same time and swarm reschedules), and until
 #: the overlay networks' service discovery (``tasks.<service>``) knows each running task
 _WAIT_SWARM = r"""
 wait_swarm() {
     [ "$(docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null)" = true ] || return 0
     local want seen net
-    for _ in $(seq 1 180); do
+    for _ in $(seq 1 300); do
         # running and wanted tasks per service (jobs, which end, left out)
         want=$(docker service ls --format '{{.Name}} {{.Replicas}}' 2>/dev/null |
                awk '!/completed/ { split($2, r, "/"); print $1, r[1], r[2] }') || { sleep 0.5; continue; }
@@ -82,7 +82,7 @@ wait_swarm() {
         fi
         sleep 0.5
     done
-    echo "vmdock-lab-restore: swarm services still converging after 90 s: ${want//$'\n'/, }" >&2
+    echo "vmdock-lab-restore: swarm services still converging after 150 s: ${want//$'\n'/, }" >&2
 }
 """
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -221,6 +223,38 @@ def test_student_does_the_printed_steps_over_vmdock_ssh(env, tmp_path):
         assert vmdock(env, *args, "ssh", "resume-lab", "--", "sh", "-c", "exit 7", check=False).returncode == 7
     finally:
         vmdock(env, *args, "destroy", "resume-lab", check=False)
+
+
+def test_image_build_killed_while_capturing_then_up_puts_the_machine_back(env, tmp_path):
+    """SIGKILL to `vmdock image build` while it captures (the inner dockerd stopped, its data
+    being packed or committed): the next `up` puts the machine back and `verify` passes."""
+    labs = classroom_lab(tmp_path)
+    args = ["--labs-dir", str(labs)]
+    clean_start(env, "resume-lab", labs)
+    remove_lab_images("resume-lab")
+    state_file = Path(env["VMDOCK_HOME"]) / "labs" / "resume-lab" / "state.json"
+    try:
+        vmdock(env, *args, "up", "resume-lab", "--no-image")
+        build = subprocess.Popen([sys.executable, "-m", "vmdock", *args, "image", "build", "resume-lab"], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            for _ in range(1200):  # the build verifies first, then captures
+                if json.loads(state_file.read_text()).get("capturing") or build.poll() is not None:
+                    break
+                time.sleep(0.1)
+            assert build.poll() is None, "the image build ended before it captured"
+            time.sleep(1.5)  # inside the capture: dockerd stopped, /var/lib/docker being packed
+        finally:
+            os.killpg(build.pid, signal.SIGKILL)
+            build.wait()
+        assert json.loads(state_file.read_text())["capturing"] == ["box"]
+        up = vmdock(env, *args, "up", "resume-lab")
+        assert "stopped while capturing it; putting it back" in up.stdout + up.stderr
+        assert "4 passed, 0 failed" in vmdock(env, *args, "verify", "resume-lab").stdout
+        assert json.loads(state_file.read_text())["capturing"] == []
+    finally:
+        vmdock(env, *args, "destroy", "resume-lab", check=False)
+        remove_lab_images("resume-lab")
 
 
 def test_lab_image_then_up_from_it_and_reset(env, tmp_path):

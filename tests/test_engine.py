@@ -138,11 +138,16 @@ def fake_provider(world: World, base: type):
 
         def capture(self, lab, machine, tag, labels, log):
             world.calls.append(f"capture {machine}")
+            if world.fail_step == f"capture {machine}":
+                raise KeyboardInterrupt  # the user stops `image build` half-way through this machine
             world.images.append(LabImage.from_labels(tag, labels, 1000))
             return "sha256:" + tag
 
         def restore(self, lab, machine, log):
             world.restored.append(machine)
+
+        def recover_capture(self, lab, machine, log):
+            world.calls.append(f"recover {machine}")
 
         def destroy(self, lab, log):
             return None  # Vagrant (the fake driver) destroys
@@ -465,6 +470,25 @@ def test_a_new_seat_asks_for_the_block_its_lab_image_was_made_on(setup, monkeypa
     assert any(f"made on the network {elsewhere}, which another lab holds" in e[1]
                for e in events.events if e[0] == "info")
     assert step_names(world3) == [f"step{i}" for i in range(1, 12)]  # with the new addresses
+
+
+def test_an_image_build_stopped_while_capturing_is_put_back_by_the_next_up(setup):
+    engine, world, events = setup()
+    engine.up("ch97-engine")
+    world.fail_step = "capture db"
+    with pytest.raises(KeyboardInterrupt):
+        Classroom(engine).build_image("ch97-engine")
+    state = engine.lab("ch97-engine").state()
+    assert state.capturing == ["db"] and state.lab_images == {}
+    world.fail_step = None
+    world.calls.clear()
+    again = engine.up("ch97-engine")
+    assert world.calls[0] == "recover db" and again.ran == 0
+    assert engine.lab("ch97-engine").state().capturing == []
+    assert any("stopped while capturing" in e[1] for e in events.events if e[0] == "info")
+    world.calls.clear()
+    engine.up("ch97-engine")
+    assert not any(c.startswith("recover") for c in world.calls)  # once is enough
 
 
 def test_a_changed_step_runs_again_on_top_of_the_image(setup):

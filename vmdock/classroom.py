@@ -130,13 +130,28 @@ class Classroom:
             )
             self.events.task(f"capture {machine}")
             t0 = time.monotonic()
+            state.capturing = [machine]  # a killed capture leaves the machine half-way: `up` puts it back
+            state.save()
             provider.capture(home.instance, machine, image.tag, image.labels(), home.log)
             self.events.task_done(f"capture {machine} → {image.tag}", time.monotonic() - t0)
             made.append(image)
         # the machines are now what these images hold: `reset` goes back to them
         state.lab_images = {image.machine: image.tag for image in made}
+        state.capturing = []
         state.save()
         return made
+
+    def recover(self, home: LabHome, state: LabState) -> None:
+        """Put back the machines an `image build` stopped half-way through capturing (killed)."""
+        if not state.capturing or not state.provider:
+            return
+        provider = self.engine.provider_of(state)
+        for machine in state.capturing:
+            if machine in state.machines:
+                self.events.info(f"{machine}: a `vmdock image build` was stopped while capturing it; putting it back")
+                provider.recover_capture(home.instance, machine, home.log)
+        state.capturing = []
+        state.save()
 
     def prune(self, everything: bool = False) -> list[providers.Pruned]:
         """Remove the shared images no lab on this host uses (every provider's); say what was kept, why."""

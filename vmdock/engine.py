@@ -74,6 +74,10 @@ class Engine(LabControl):
             state = home.state()
             home.log.event(f"=== vmdock up {home.name} ===")
             try:
+                if state.capturing:
+                    from .classroom import Classroom
+
+                    Classroom(self).recover(home, state)
                 return self._up(home, state, start, image_tarballs, limit, use_images)
             except VmdockError as exc:
                 exc.with_context(lab=home.name, log=home.log.path)

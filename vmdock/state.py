@@ -45,6 +45,7 @@ class LabState:
     secrets: dict[str, str] = field(default_factory=dict)
     exports: dict[str, str] = field(default_factory=dict)
     images: list[str] = field(default_factory=list)  # images loaded into the machines from --images-dir
+    capturing: list[str] = field(default_factory=list)  # machines an `image build` is capturing (put back if killed)
     last_error: dict | None = None
     phase: Phase = Phase.NEW  # lifecycle.TRANSITIONS says how it moves
 
@@ -81,6 +82,7 @@ class LabState:
             secrets=data.get("secrets", {}),
             exports=data.get("exports", {}),
             images=data.get("images", []),
+            capturing=data.get("capturing", []),
             last_error=data.get("last_error"),
             phase=_phase(data.get("phase"), path, lab),
         )
@@ -102,6 +104,7 @@ class LabState:
             "secrets": self.secrets,
             "exports": self.exports,
             "images": self.images,
+            "capturing": self.capturing,
             "last_error": self.last_error,
             "updated": _now(),
         }

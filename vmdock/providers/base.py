@@ -224,6 +224,11 @@ class Provider(ABC):
         The machine runs on as it was."""
         raise ProviderError(f"the {self.name} provider cannot capture lab images (not supported yet)")
 
+    def recover_capture(self, inst: Instance, machine: str, log: Log) -> None:
+        """Put back a machine whose capture was stopped half-way (the `image build` was killed);
+        nothing to do for a provider whose capture leaves the machine as it was."""
+        return None
+
     def restore(self, inst: Instance, machine: str, log: Log) -> None:
         """Check (or complete) a machine's first start from a lab image; raise when it failed."""
         raise ProviderError(f"the {self.name} provider cannot start from lab images (not supported yet)")

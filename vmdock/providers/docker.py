@@ -293,6 +293,12 @@ class DockerProvider(Provider):
         return capture(inst.machine_name(machine), tag, labels, provisioner("start-docker.sh"), log,
                        lab_image_label=f"{LABEL_PREFIX}fingerprint")
 
+    def recover_capture(self, inst: Instance, machine: str, log: Log) -> None:
+        from ..machine_setup import provisioner
+        from .docker_capture import resume
+
+        resume(inst.machine_name(machine), provisioner("start-docker.sh"), log)
+
     def restore(self, inst: Instance, machine: str, log: Log) -> None:
         from .docker_capture import restore_status
 

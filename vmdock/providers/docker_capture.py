@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 STATE_DIR = "/var/lib/vmdock"
 DATA_TAR = f"{STATE_DIR}/docker-data.tar"
 RUNNING = f"{STATE_DIR}/running-containers"
+CAPTURE_PID = f"{STATE_DIR}/capture.pid"
 START_DOCKER = f"{STATE_DIR}/start-docker.sh"
 STATUS = f"{STATE_DIR}/lab-start.status"
 HOOK = "/usr/local/sbin/vmdock-lab-start"
@@ -89,10 +90,12 @@ wait_swarm() {
 _STOP_AND_PACK = f"""\
 set -euo pipefail
 mkdir -p {STATE_DIR}
+echo $$ >{CAPTURE_PID}  # a killed `image build` leaves this script running: the put-back stops it first
 # oldest first; not a swarm service's tasks: swarm starts those itself (a task started
 # by hand fails with "secret store is not initialized", and swarm would replace it anyway)
 task='{{{{.Label "com.docker.swarm.task.id"}}}}'
-docker ps --no-trunc --format "{{{{.ID}}}} $task" | awk '$2 == "" {{print $1}}' | tac >{RUNNING}
+docker ps --no-trunc --format "{{{{.ID}}}} $task" | awk '$2 == "" {{print $1}}' | tac >{RUNNING}.new
+mv -f {RUNNING}.new {RUNNING}
 sup=$(cat /var/run/vmdock-dockerd.pid 2>/dev/null || true)
 if [ -n "$sup" ] && kill -0 "$sup" 2>/dev/null; then
     kill -TERM "$sup"
@@ -146,6 +149,26 @@ _RESUME = f"""\
 set -euo pipefail
 {_START_RECORDED}
 {_WAIT_SWARM}
+# a capture stopped half-way (`image build` killed) may still be stopping dockerd or packing:
+# stop it, and let a dockerd it was stopping end, before starting everything again
+pack=$(cat {CAPTURE_PID} 2>/dev/null || true)
+if [ -n "$pack" ] && [ "$pack" != $$ ] && kill -0 "$pack" 2>/dev/null; then
+    pkill -KILL -P "$pack" 2>/dev/null || true
+    kill -KILL "$pack" 2>/dev/null || true
+fi
+rm -f {CAPTURE_PID} {RUNNING}.new
+if ! docker info >/dev/null 2>&1; then  # stopped, or stopping: all of it down, then started anew
+    sup=$(cat /var/run/vmdock-dockerd.pid 2>/dev/null || true)
+    if [ -n "$sup" ]; then kill -TERM "$sup" 2>/dev/null || true; fi
+    for _ in $(seq 1 120); do
+        if {{ [ -n "$sup" ] && kill -0 "$sup" 2>/dev/null; }} ||
+           pgrep -x dockerd >/dev/null || pgrep -x containerd >/dev/null; then
+            sleep 0.5
+        else
+            break
+        fi
+    done
+fi
 rm -f {DATA_TAR}
 bash {START_DOCKER} >/dev/null
 start_recorded
@@ -198,8 +221,16 @@ def capture(container: str, tag: str, labels: dict[str, str], start_docker: str,
                 args += ["--change", c]
             image_id = run([*args, container, tag], log, timeout=1800).stdout.strip()
     finally:
-        _exec(container, _RESUME, log, "starting dockerd again")
+        resume(container, start_docker, log)
     return image_id
+
+
+def resume(container: str, start_docker: str, log: Log) -> None:
+    """Put the machine back as it was before a capture: data tar removed, dockerd and the
+    recorded containers started.  Idempotent, and whatever point the capture reached: also
+    what `up` runs after a killed `image build`."""
+    _put(container, START_DOCKER, start_docker, log)
+    _exec(container, _RESUME, log, "starting dockerd again")
 
 
 def restore_status(container: str, log: Log, wait: float = 600) -> None:
